@@ -1,0 +1,78 @@
+"""Which keys each query may attend to: causal, within its own document, within a sliding window.
+
+Documents are split at the end-of-text token, which begins every document, so a token's document
+id is the number of end-of-text tokens at or before it. Query q may see key k when
+
+    k <= q   and   doc[k] == doc[q]   and   q - k < window   (window = 0: no window).
+
+Two encodings of the same rule: a dense boolean mask for the exact fallback attention (any device),
+and a FlexAttention BlockMask that lists, per 128-token query block, the key blocks that are fully
+visible (no mask evaluation needed) and the partially visible ones (mask evaluated per element).
+"""
+
+import torch
+from torch import Tensor
+
+BLOCK = 128  # FlexAttention's block size
+
+
+def document_ids(tokens: Tensor, eot_token: int) -> Tensor:
+    """(B, T) token ids -> (B, T) document index of each position (non-decreasing per row)."""
+    return (tokens == eot_token).cumsum(dim=-1)
+
+
+def dense_mask(docs: Tensor, window: Tensor | int = 0) -> Tensor:
+    """(B, T) document ids -> (B, 1, T, T) boolean mask, True where the query may see the key."""
+    T = docs.size(-1)
+    pos = torch.arange(T, device=docs.device)
+    delta = pos[:, None] - pos[None, :]  # q - k
+    allowed = (delta >= 0) & (docs[:, :, None] == docs[:, None, :])
+    window = torch.as_tensor(window, device=docs.device)
+    allowed = allowed & ((window <= 0) | (delta < window))
+    return allowed[:, None]
+
+
+def flex_block_mask(docs: Tensor, window: Tensor | int = 0):
+    """(B, T) document ids -> BlockMask for flex_attention encoding the same rule as dense_mask.
+
+    Built directly from per-block document ranges (no dense T x T evaluation), so it is cheap
+    enough to rebuild every step. T must be a multiple of BLOCK.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    B, T = docs.shape
+    if T % BLOCK:
+        raise ValueError(f"flex attention needs the sequence length ({T}) to be a multiple of {BLOCK}")
+    window = torch.as_tensor(window, device=docs.device)
+    nb = T // BLOCK
+    blocks = docs.view(B, nb, BLOCK)
+    lo, hi = blocks[..., 0], blocks[..., -1]  # first and last document id in each block
+    idx = torch.arange(nb, device=docs.device)
+    gap = BLOCK * (idx[:, None] - idx[None, :])  # (q block - kv block) * BLOCK
+
+    # a key block is "any": some (q, k) pair is visible; "full": every pair is visible
+    causal_any = gap >= 0
+    causal_full = gap > 0
+    doc_any = (lo[:, :, None] <= hi[:, None, :]) & (hi[:, :, None] >= lo[:, None, :])
+    doc_full = (lo[:, :, None] == hi[:, :, None]) & (hi[:, :, None] == lo[:, None, :]) & (lo[:, None, :] == hi[:, None, :])
+    no_window = window <= 0
+    win_any = no_window | (gap - (BLOCK - 1) < window)
+    win_full = no_window | (gap + (BLOCK - 1) < window)
+    any_ = causal_any & doc_any & win_any
+    full = causal_full & doc_full & win_full
+    partial = any_ & ~full
+
+    def to_kv(mask: Tensor):
+        num = mask.sum(dim=-1, dtype=torch.int32)[:, None]  # (B, 1, nb)
+        order = mask.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+        return num.contiguous(), order[:, None].contiguous()  # (B, 1, nb, nb)
+
+    def mask_mod(b, h, q, k):
+        ok = (q >= k) & (docs[b, q] == docs[b, k])
+        return ok & (no_window | (q - k < window))
+
+    partial_num, partial_idx = to_kv(partial)
+    full_num, full_idx = to_kv(full)
+    return BlockMask.from_kv_blocks(
+        partial_num, partial_idx, full_num, full_idx, BLOCK_SIZE=BLOCK, mask_mod=mask_mod, seq_lengths=(T, T)
+    )

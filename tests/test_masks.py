@@ -1,0 +1,86 @@
+"""The attention masks: the dense rule, and the FlexAttention block mask that must encode it."""
+
+import pytest
+import torch
+
+from model.masks import BLOCK, dense_mask, document_ids, flex_block_mask
+
+
+def random_tokens(B, T, eot, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, eot, (B, T), generator=g)
+    tokens[torch.rand(B, T, generator=g) < p] = eot
+    return tokens
+
+
+def reference_mask(tokens, eot, window):
+    """Straight from the definition, one (q, k) pair at a time."""
+    B, T = tokens.shape
+    out = torch.zeros(B, T, T, dtype=torch.bool)
+    for b in range(B):
+        doc, docs = 0, []
+        for t in range(T):
+            doc += int(tokens[b, t] == eot)
+            docs.append(doc)
+        for q in range(T):
+            for k in range(q + 1):
+                out[b, q, k] = docs[q] == docs[k] and (window <= 0 or q - k < window)
+    return out
+
+
+def effective_block_mask(bm, T):
+    """What a block-sparse kernel computes: full blocks are all visible, partial blocks evaluate
+    mask_mod per element, unlisted blocks are skipped."""
+    B = bm.kv_num_blocks.size(0)
+    nb = T // BLOCK
+    out = torch.zeros(B, T, T, dtype=torch.bool)
+    q = torch.arange(T)[:, None]
+    k = torch.arange(T)[None, :]
+    for b in range(B):
+        elem = bm.mask_mod(torch.tensor(b), torch.tensor(0), q, k)
+        for i in range(nb):
+            rows = slice(i * BLOCK, (i + 1) * BLOCK)
+            for j in bm.full_kv_indices[b, 0, i, : bm.full_kv_num_blocks[b, 0, i]].tolist():
+                out[b, rows, j * BLOCK : (j + 1) * BLOCK] = True
+            for j in bm.kv_indices[b, 0, i, : bm.kv_num_blocks[b, 0, i]].tolist():
+                cols = slice(j * BLOCK, (j + 1) * BLOCK)
+                out[b, rows, cols] = elem[rows, cols]
+    return out
+
+
+def test_document_ids_start_at_eot():
+    tokens = torch.tensor([[5, 9, 1, 2, 9, 9, 3]])
+    assert document_ids(tokens, 9).tolist() == [[0, 1, 1, 1, 2, 3, 3]]
+
+
+@pytest.mark.parametrize("window", [0, 5, 16, 40])
+def test_dense_mask_matches_definition(window):
+    tokens = random_tokens(2, 48, eot=50, p=0.08, seed=window)
+    docs = document_ids(tokens, 50)
+    assert torch.equal(dense_mask(docs, window)[:, 0], reference_mask(tokens, 50, window))
+
+
+@pytest.mark.parametrize("window", [0, 1, 100, 128, 200, 256, 300, 1000])
+@pytest.mark.parametrize("doc_rate", [0.0, 0.002, 0.01, 0.05])
+def test_block_mask_encodes_exactly_the_dense_rule(window, doc_rate):
+    T = 4 * BLOCK
+    tokens = random_tokens(2, T, eot=777, p=doc_rate, seed=int(1000 * doc_rate) + window)
+    docs = document_ids(tokens, 777)
+    bm = flex_block_mask(docs, torch.tensor(window))
+    assert torch.equal(effective_block_mask(bm, T), dense_mask(docs, window)[:, 0])
+
+
+def test_block_mask_is_sparse_where_it_can_be():
+    """One document, no window: the diagonal blocks are partial, everything below is full."""
+    T = 4 * BLOCK
+    bm = flex_block_mask(torch.zeros(1, T, dtype=torch.long), 0)
+    assert bm.kv_num_blocks[0, 0].tolist() == [1, 1, 1, 1]
+    assert bm.full_kv_num_blocks[0, 0].tolist() == [0, 1, 2, 3]
+    # a window of one block: at most the diagonal and the previous block are touched
+    bm = flex_block_mask(torch.zeros(1, T, dtype=torch.long), BLOCK)
+    assert (bm.kv_num_blocks + bm.full_kv_num_blocks).max() <= 2
+
+
+def test_block_mask_needs_block_multiple():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        flex_block_mask(torch.zeros(1, 200, dtype=torch.long), 0)

@@ -1,0 +1,80 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+A checkpoint is `<run_dir>/checkpoints/step_NNNNNN.pt` holding plain tensors and Python values
+only, so it loads with torch.load(weights_only=True): model and optimizer state dicts, the data
+loader position, RNG states, the completed step count and the running counters.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write to a temporary file in the same directory, flush to disk, then rename over `path`:
+    a crash leaves either the old file or the new one, never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int) -> Path:
+    """Write step_NNNNNN.pt and delete all but the newest `keep` checkpoints of this run."""
+    path = checkpoint_dir(run_dir) / f"step_{step:06d}.pt"
+    atomic_torch_save({**state, "step": step}, path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """This run's checkpoints, oldest first."""
+    d = checkpoint_dir(run_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)

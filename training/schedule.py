@@ -1,0 +1,54 @@
+"""Schedules as pure functions of the step, so that a resumed run follows the same curve.
+
+lr multiplier (applied to every param group's initial_lr):
+
+    warmup   (step < W):            (step + 1) / W
+    constant                         1
+    cooldown (last C = cooldown_frac * steps steps): linear from 1 to final_lr_frac at the last step
+
+Muon momentum warms up linearly from momentum_warmup_from to momentum over momentum_warmup_steps.
+The attention window grows linearly from one 128-token block to model.window over training.
+"""
+
+import math
+
+BLOCK = 128
+
+
+def lr_multiplier(step: int, steps: int, warmup_steps: int, cooldown_frac: float, final_lr_frac: float) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    cooldown = cooldown_frac * steps
+    left = steps - step  # steps remaining, including this one
+    if cooldown > 0 and left < cooldown:
+        w = max(left, 0) / cooldown  # 1 -> 0
+        return w + (1 - w) * final_lr_frac
+    return 1.0
+
+
+def momentum_at(step: int, start: float, end: float, warmup_steps: int) -> float:
+    if warmup_steps <= 0:
+        return end
+    frac = min(step / warmup_steps, 1.0)
+    return (1 - frac) * start + frac * end
+
+
+def window_at(step: int, steps: int, window: int, warmup: bool) -> int:
+    """Attention window (tokens) for this step: 0 means full causal attention."""
+    if window <= 0 or not warmup:
+        return window
+    grown = math.ceil(window * step / steps / BLOCK) * BLOCK
+    return max(BLOCK, grown)
+
+
+def apply(optimizers, step: int, cfg) -> float:
+    """Set lr (and Muon momentum) of every param group for `step`; returns the lr multiplier."""
+    s, o = cfg.schedule, cfg.optim
+    mult = lr_multiplier(step, s.steps, s.warmup_steps, s.cooldown_frac, s.final_lr_frac)
+    momentum = momentum_at(step, o.momentum_warmup_from, o.momentum, o.momentum_warmup_steps)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * mult
+            if "nesterov" in group:  # Muon groups
+                group["momentum"] = momentum
+    return mult
