@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> tuple[str | None, list[str]]:
     return args.config, overrides
 
 
-def prepare_data(cfg: Config, info: DistInfo, out: RunOutputs) -> tuple[list[str], list[str]]:
+def prepare_data(cfg: Config, info: DistInfo, log=print) -> tuple[list[str], list[str]]:
     """Resolve the shard files; for a synthetic config, rank 0 writes the shards on first use."""
     d, m = cfg.data, cfg.model
     train_pattern, val_pattern = d.train_files, d.val_files
@@ -72,14 +72,15 @@ def prepare_data(cfg: Config, info: DistInfo, out: RunOutputs) -> tuple[list[str
         from data.synthetic import make_synthetic_shards, synthetic_entropy
 
         params = dict(vocab_size=m.vocab_size, eot_token=m.eot_token, train_tokens=d.synthetic_train_tokens,
-                      val_tokens=max(d.synthetic_val_tokens, cfg.eval.tokens + 1), seed=cfg.seed)
-        out_dir = REPO / d.synthetic_dir if not Path(d.synthetic_dir).is_absolute() else Path(d.synthetic_dir)
+                      val_tokens=max(d.synthetic_val_tokens, cfg.eval.tokens + 1), seed=d.synthetic_seed)
+        base = Path(d.synthetic_dir) if Path(d.synthetic_dir).is_absolute() else REPO / d.synthetic_dir
+        out_dir = base / "_".join(f"{k}{v}" for k, v in params.items())
         if info.is_main:
             make_synthetic_shards(out_dir, **params)
         barrier(info)
         train_pattern, val_pattern = make_synthetic_shards(out_dir, **params)  # no-op: already valid
-        h = synthetic_entropy(m.vocab_size, m.eot_token, cfg.seed)
-        out.log(f"data: SYNTHETIC Markov-chain shards in {out_dir} (not FineWeb): achievable loss ~{h:.2f} nats, "
+        h = synthetic_entropy(m.vocab_size, m.eot_token, d.synthetic_seed)
+        log(f"data: SYNTHETIC Markov-chain shards in {out_dir} (not FineWeb): achievable loss ~{h:.2f} nats, "
                 f"ln(vocab) = {math.log(m.vocab_size):.2f}")
     else:
         train_pattern, val_pattern = _repo_relative(train_pattern), _repo_relative(val_pattern)
@@ -253,7 +254,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
     out.write_config(to_toml(cfg))
     out.log("config:\n" + to_toml(cfg))
 
-    train_files, val_files = prepare_data(cfg, info, out)
+    train_files, val_files = prepare_data(cfg, info, out.log)
     trainer = build_trainer(cfg, info, train_files)
     if state:
         trainer.load_state(state)

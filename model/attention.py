@@ -79,6 +79,9 @@ class CausalSelfAttention(nn.Module):
             v = self.lambdas[0] * v
             if ve is not None:
                 v = v + self.lambdas[1] * ve.view_as(v)
-        y = attend(kind, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, self.scale)
+        # one dtype for the kernel: the projection's (bf16 under autocast; norms and the value
+        # embeddings may have promoted q, k or v to fp32)
+        q, k, v = (t.to(qkv.dtype).transpose(1, 2) for t in (q, k, v))
+        y = attend(kind, q, k, v, mask, self.scale)
         y = y.transpose(1, 2).reshape(B, T, self.heads * self.head_dim)
         return self.proj(y)

@@ -61,7 +61,8 @@ class DataConfig:
     align_to_docs: bool = False  # start every row at a document start
     shuffle_shards: bool = False
     synthetic: bool = False  # generate learnable synthetic shards into `synthetic_dir` on first use
-    synthetic_dir: str = "data/synthetic"
+    synthetic_dir: str = "data/synthetic"  # shards go to a subfolder named after their parameters
+    synthetic_seed: int = 0  # the Markov chain and its samples (independent of the training seed)
     synthetic_train_tokens: int = 4_000_000
     synthetic_val_tokens: int = 262_144
 
