@@ -124,6 +124,7 @@ class Trainer:
     loader: TrainLoader
     accum: int
     windows: dict = field(default_factory=dict)
+    _zeroable: list | None = None
 
     def window(self, step: int) -> torch.Tensor:
         """The attention window for `step` as a cached device tensor (no recompiles when it grows)."""
@@ -146,8 +147,19 @@ class Trainer:
         schedule.apply(self.optimizers, step, self.cfg)
         for opt in self.optimizers:
             opt.step()
-        self.model.zero_grad(set_to_none=True)
+        for p in self.zeroable:
+            p.grad = None
         return total / self.accum
+
+    @property
+    def zeroable(self) -> list[torch.nn.Parameter]:
+        """Parameters whose gradients are reset after a step: all but those of optimizers that keep
+        state in p.grad (Scion's light variant keeps its momentum there)."""
+        if self._zeroable is None:
+            held = {id(p) for opt in self.optimizers if getattr(opt, "grads_hold_state", False)
+                    for g in opt.param_groups if g.get("light") for p in g["params"]}
+            self._zeroable = [p for p in self.model.parameters() if id(p) not in held]
+        return self._zeroable
 
     @torch.no_grad()
     def evaluate(self, val_files: list[str], step: int) -> float:

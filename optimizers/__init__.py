@@ -1,7 +1,11 @@
-"""Optimizers: orthogonalization, Muon, and the builder that maps parameter roles to optimizers."""
+"""The optimizer library: orthogonalization, norms and their duality maps, Muon, Scion, Signum,
+and the builder that maps parameter roles to them (AdamW is torch's)."""
 
 from optimizers.build import build_optimizers
 from optimizers.muon import Muon
-from optimizers.orthogonalize import newton_schulz
+from optimizers.norms import NORMS
+from optimizers.orthogonalize import orthogonalize
+from optimizers.scion import Scion
+from optimizers.signum import Signum
 
-__all__ = ["Muon", "build_optimizers", "newton_schulz"]
+__all__ = ["NORMS", "Muon", "Scion", "Signum", "build_optimizers", "orthogonalize"]

@@ -1,30 +1,97 @@
-"""Muon: momentum, then orthogonalize the update (single device).
+"""Muon: MomentUm Orthogonalized by Newton–Schulz (Jordan et al., 2024), with an auxiliary AdamW.
 
-For each hidden matrix W with gradient G:
+For each hidden matrix W (d_out × d_in) with gradient G, a param group with algorithm "muon" does
 
-    M <- beta M + (1 - beta) G                    (momentum, as an EMA)
-    D <- (1 - beta) G + beta M   if nesterov else M
-    W <- (1 - lr wd) W - lr * max(1, d_out/d_in)^(1/2) * NS(D)
+    M <- β·M + (1 − β)·G                                  momentum (an exponential average)
+    D <- (1 − β)·G + β·M   (Nesterov)   or   D <- M
+    W <- (1 − lr·λ)·W − lr · s(d_out, d_in) · orth(D)     decoupled weight decay λ
 
-NS is the quintic Newton-Schulz orthogonalization (optimizers/orthogonalize.py). Parameters
-with a leading batch dimension (e.g. a merged (3, d, d) QKV weight) are orthogonalized per matrix.
+where orth(D) ≈ U Vᵀ of D = U S Vᵀ (optimizers/orthogonalize.py) and s is the shape scaling:
+
+    "muon"      max(1, d_out/d_in)^½          (Keller Jordan's Muon; the speedrun records)
+    "spectral"  √(d_out/d_in)                  (the RMS→RMS duality map: s·orth(D) is its direction)
+    "adamw"     0.2·√max(d_out, d_in)          (Moonlight: matches AdamW's update RMS, reuse its lr)
+
+Matrices of the same shape are orthogonalized together as one batch. A weight with leading
+dimensions (e.g. a merged (3, d, d) QKV weight) is a batch of independent matrices.
+
+Param groups with algorithm "adamw" (embeddings, head, scalars: what Muon must not touch) take an
+AdamW step instead, so one optimizer object, with one state_dict, trains the whole model:
+
+    m <- β1·m + (1 − β1)·g,   v <- β2·v + (1 − β2)·g²
+    W <- (1 − lr·λ)·W − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε)
 """
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
 
 import torch
 from torch import Tensor
 
-from optimizers.orthogonalize import newton_schulz
+from optimizers.orthogonalize import orthogonalize
+
+SHAPE_SCALES = ("muon", "spectral", "adamw")
+
+
+def shape_scale(kind: str, d_out: int, d_in: int) -> float:
+    if kind == "muon":
+        return max(1.0, d_out / d_in) ** 0.5
+    if kind == "spectral":
+        return (d_out / d_in) ** 0.5
+    if kind == "adamw":
+        return 0.2 * math.sqrt(max(d_out, d_in))
+    raise ValueError(f"unknown shape scaling {kind!r}; choose from {', '.join(SHAPE_SCALES)}")
+
+
+def muon_direction(grad: Tensor, buf: Tensor, beta: float, nesterov: bool) -> Tensor:
+    """Update the momentum buffer in place; return the direction D to orthogonalize."""
+    buf.lerp_(grad, 1 - beta)
+    return grad.lerp(buf, beta) if nesterov else buf.clone()
+
+
+def adamw_step(p: Tensor, grad: Tensor, state: dict, lr: float, betas, eps: float, weight_decay: float) -> None:
+    """One AdamW step for one tensor, in place (the equation in the module docstring)."""
+    if "step" not in state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p)
+        state["exp_avg_sq"] = torch.zeros_like(p)
+    state["step"] += 1
+    beta1, beta2 = betas
+    m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+    m.lerp_(grad, 1 - beta1)
+    v.lerp_(grad.square(), 1 - beta2)
+    denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
+    if weight_decay:
+        p.mul_(1 - lr * weight_decay)
+    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
 class Muon(torch.optim.Optimizer):
+    """Muon for groups with algorithm="muon" (the default), AdamW for groups with algorithm="adamw".
+
+    Args (defaults for every group; a group may override any of them):
+        lr, momentum (β), nesterov, weight_decay (λ)
+        method, steps, backend: the orthogonalization (see optimizers/orthogonalize.py)
+        shape_scale: "muon" | "spectral" | "adamw"
+        betas, eps: the AdamW groups' (β1, β2) and ε
+    """
+
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, weight_decay: float = 0.0):
-        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+                 weight_decay: float = 0.0, method: str = "newton_schulz", steps: int | None = None,
+                 backend: str = "auto", shape_scale: str = "muon", betas=(0.9, 0.95), eps: float = 1e-10):
+        defaults = dict(algorithm="muon", lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        method=method, steps=steps, backend=backend, shape_scale=shape_scale, betas=betas, eps=eps)
         super().__init__(params, defaults)
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.ndim < 2:
-                    raise ValueError(f"Muon needs matrices; got a parameter of shape {tuple(p.shape)}")
+            if group["algorithm"] not in ("muon", "adamw"):
+                raise ValueError(f"Muon param group algorithm must be 'muon' or 'adamw', got {group['algorithm']!r}")
+            if group["algorithm"] == "muon":
+                for p in group["params"]:
+                    if p.ndim < 2:
+                        raise ValueError(f"Muon orthogonalizes matrices; a parameter of shape {tuple(p.shape)} "
+                                         f"belongs in an 'adamw' group")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -33,23 +100,34 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            if group["algorithm"] == "muon":
+                self._muon_group(group)
+            else:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        adamw_step(p, p.grad, self.state[p], group["lr"], group["betas"], group["eps"],
+                                   group["weight_decay"])
+        return loss
+
+    def _muon_group(self, group: dict) -> None:
+        by_shape: dict[tuple, list[Tensor]] = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is not None:
+                by_shape[tuple(p.shape)].append(p)
+        for shape, params in by_shape.items():
+            directions = []
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad)
-                update = muon_update(p.grad, state["momentum_buffer"], beta, group["nesterov"], group["ns_steps"])
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(update.to(p.dtype), alpha=-lr)
-        return loss
+                directions.append(muon_direction(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"]))
+            updates = orthogonalize(torch.stack(directions), group["method"], group["steps"], backend=group["backend"])
+            self._apply(group, params, updates, shape_scale(group["shape_scale"], shape[-2], shape[-1]))
 
-
-def muon_update(grad: Tensor, buf: Tensor, beta: float, nesterov: bool, ns_steps: int) -> Tensor:
-    """Updates the momentum buffer in place and returns the scaled, orthogonalized direction."""
-    buf.lerp_(grad, 1 - beta)
-    d = grad.lerp(buf, beta) if nesterov else buf
-    scale = max(1.0, grad.size(-2) / grad.size(-1)) ** 0.5
-    return newton_schulz(d, ns_steps) * scale
+    @staticmethod
+    def _apply(group: dict, params: list[Tensor], updates: Tensor, scale: float) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        for p, u in zip(params, updates):
+            if wd:
+                p.mul_(1 - lr * wd)
+            p.add_(u.to(p.dtype), alpha=-lr * scale)

@@ -1,36 +1,111 @@
-"""Approximate orthogonalization: G = U S V^T  ->  U V^T (the "zeroth power" of G).
+"""Orthogonalization: G = U S Vᵀ  ->  approximately U Vᵀ, for a batch of matrices (..., m, n).
 
-Muon's quintic Newton-Schulz iteration: after scaling G so that its spectral norm is at most 1
-(dividing by the Frobenius norm), repeat
+Every iterative method here works on X = G / ‖G‖_F (so the spectral norm is at most 1), with
+tall matrices transposed so that X Xᵀ is the smaller Gram matrix, and repeats
 
-    A = X X^T,   X <- a X + (b A + c A A) X,     (a, b, c) = (3.4445, -4.7750, 2.0315)
+    A = X Xᵀ,    X <- a·X + (b·A + c·A²)·X
 
-which maps every singular value s to p(s) = a s + b s^3 + c s^5 and pushes it towards ~1 (five
-steps land roughly in [0.68, 1.13]). Tall matrices are transposed so that A is the smaller Gram
-matrix. Works on batches (..., m, n).
+which maps each singular value s to p(s) = a·s + b·s³ + c·s⁵ and leaves the singular vectors alone.
+The methods differ only in the coefficients (a, b, c) of each step:
+
+    newton_schulz    Muon's quintic (3.4445, −4.7750, 2.0315) every step (default 5 steps). It trades
+                     exactness for speed: after 5 steps singular values lie roughly in [0.68, 1.2]
+                     (the polynomial's maximum on [0, 1] is p(0.5545) = 1.2035).
+    polar_express    Amsel et al. (2025), "The Polar Express": a different, minimax-optimal triple per
+                     step (computed for singular values in [1e-3, 1]), with the paper's safety factor:
+                     the input is divided by 1.02·‖G‖_F. Steps beyond the table repeat its last row.
+    cubic            the classic Newton–Schulz iteration X <- 1.5·X − 0.5·X Xᵀ X, i.e. (1.5, −0.5, 0);
+                     converges to exactly 1 from below, slowly for small singular values (default 12).
+    modular_quintic  the modular-duality paper's quintic (2, −1.5, 0.5): p(1) = 1, p'(1) = 0, p''(1) = 0,
+                     also converging to exactly 1 from below (default 8 steps).
+    svd              exact U Vᵀ from torch.linalg.svd, the reference (computed in float32 or float64).
+
+The iteration runs in `dtype`: bfloat16 on CUDA and float32 elsewhere unless the caller chooses.
+`backend` picks the implementation of the iteration: "torch" (matmuls), "triton" (the symmetric
+kernels in optimizers/newton_schulz_triton.py) or "auto" (Triton on CUDA when available).
 """
+
+from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 MUON_QUINTIC = (3.4445, -4.7750, 2.0315)
+CUBIC = (1.5, -0.5, 0.0)
+MODULAR_QUINTIC = (2.0, -1.5, 0.5)
+# Polar Express, degree 5, five steps, safety factor 1.02 (the coefficients modded-nanogpt ships)
+POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 1.02
+
+DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 5, "cubic": 12, "modular_quintic": 8}
+METHODS = (*DEFAULT_STEPS, "svd")
+BACKENDS = ("auto", "torch", "triton")
 
 
-def newton_schulz(G: Tensor, steps: int = 5, dtype: torch.dtype | None = None, eps: float = 1e-7) -> Tensor:
-    """Quintic Newton-Schulz on the last two dims of G; returns G's shape, in `dtype`
-    (default: bfloat16 on CUDA, float32 elsewhere)."""
+def coefficients(method: str, steps: int | None = None) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each step of an iterative method."""
+    if method not in DEFAULT_STEPS:
+        raise ValueError(f"unknown orthogonalization method {method!r}; choose from {', '.join(METHODS)}")
+    steps = DEFAULT_STEPS[method] if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"orthogonalization needs at least one step, got {steps}")
+    if method == "polar_express":
+        return [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
+    fixed = {"newton_schulz": MUON_QUINTIC, "cubic": CUBIC, "modular_quintic": MODULAR_QUINTIC}[method]
+    return [fixed] * steps
+
+
+def polynomial_iteration_torch(X: Tensor, coeffs) -> Tensor:
+    """X (batch, m, n) with m <= n and spectral norm <= 1: per step, X <- a X + (b A + c A²) X."""
+    for a, b, c in coeffs:
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b·A + c·A·A
+        X = torch.baddbmm(X, B, X, beta=a)  # a·X + B·X
+    return X
+
+
+def _iterate(X: Tensor, coeffs, backend: str) -> Tensor:
+    if backend == "torch" or (backend == "auto" and not X.is_cuda):
+        return polynomial_iteration_torch(X, coeffs)
+    from optimizers.newton_schulz_triton import polynomial_iteration_auto
+
+    return polynomial_iteration_auto(X, coeffs, backend=backend)
+
+
+def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int | None = None, *,
+                  dtype: torch.dtype | None = None, backend: str = "auto", eps: float = 1e-7) -> Tensor:
+    """Approximate U Vᵀ of each matrix in G (..., m, n); returns G's shape and dtype."""
     if G.ndim < 2:
-        raise ValueError(f"orthogonalization needs a matrix, got shape {tuple(G.shape)}")
+        raise ValueError(f"orthogonalization needs matrices (..., m, n), got shape {tuple(G.shape)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if method == "svd":
+        return _svd_orthogonalize(G)
+    coeffs = coefficients(method, steps)
     if dtype is None:
         dtype = torch.bfloat16 if G.is_cuda else torch.float32
-    a, b, c = MUON_QUINTIC
-    X = G.to(dtype)
     tall = G.size(-2) > G.size(-1)
-    if tall:
-        X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
-    for _ in range(steps):
-        A = X @ X.mT
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
-    return X.mT if tall else X
+    X = G.mT if tall else G
+    batch_shape, (m, n) = X.shape[:-2], X.shape[-2:]
+    X = X.reshape(-1, m, n).to(dtype)
+    norm = X.norm(dim=(-2, -1), keepdim=True)
+    if method == "polar_express":
+        norm = norm * POLAR_EXPRESS_SAFETY
+    X = (X / (norm + eps)).contiguous()
+    X = _iterate(X, coeffs, backend).reshape(*batch_shape, m, n)
+    X = X.mT if tall else X
+    return X.to(G.dtype)
+
+
+def _svd_orthogonalize(G: Tensor) -> Tensor:
+    """Exact U Vᵀ (the polar factor). Zero singular values map to zero, as in the iterations."""
+    work = G.double() if G.dtype == torch.float64 else G.float()
+    U, S, Vh = torch.linalg.svd(work, full_matrices=False)
+    keep = (S > S.amax(dim=-1, keepdim=True) * 1e-6 * max(G.shape[-2:])).to(work.dtype)
+    return ((U * keep.unsqueeze(-2)) @ Vh).to(G.dtype)

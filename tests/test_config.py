@@ -2,7 +2,17 @@ import dataclasses
 
 import pytest
 
-from training.config import Config, ConfigError, grad_accum_steps, load_config, parse_overrides, replace, to_toml, validate
+from training.config import (
+    Config,
+    ConfigError,
+    grad_accum_steps,
+    load_config,
+    parse_overrides,
+    replace,
+    resolve_optim_defaults,
+    to_toml,
+    validate,
+)
 
 SPEEDRUN = "configs/speedrun_124m.toml"
 SMOKE = "configs/smoke.toml"
@@ -34,7 +44,7 @@ def test_overrides_parse_types_and_forms():
 
 def test_defaults_without_file_and_frozen():
     cfg = load_config(None)
-    assert cfg == Config()
+    assert cfg == resolve_optim_defaults(Config())
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
 
@@ -87,6 +97,16 @@ def test_override_syntax_errors():
         ([], 3, r"data.batch_tokens .* world size \(3\)"),
         (["--eval.tokens=1000"], 1, r"eval.tokens \(1000\)"),
         (["--optim.name=muonn"], 1, r"optim.name = 'muonn'.*did you mean 'muon'"),
+        (["--optim.name=scion", "--optim.scalar.norm=spectral"], 1, r"optim.scalar.norm = 'spectral' needs matrices"),
+        (["--optim.name=scion", "--optim.embed.norm=adamw"], 1, r"Scion trains every role with a norm's LMO"),
+        (["--optim.name=scion", "--optim.hidden.weight_decay=0.1"], 1, r"constrained Scion \(SCG\) has no separate"),
+        (["--optim.hidden.norm=sign"], 1, r"Muon trains hidden matrices in the spectral norm"),
+        (["--optim.embed.norm=sign"], 1, r"must be 'adamw'"),
+        (["--optim.name=adamw", "--optim.hidden.norm=spectral"], 1, r"trains every role with AdamW"),
+        (["--optim.name=scion", "--optim.hidden.norm=spectrall"], 1, r"did you mean 'spectral'"),
+        (["--optim.orthogonalize=qr"], 1, r"optim.orthogonalize"),
+        (["--optim.light=true"], 1, r"Scion option"),
+        (["--optim.name=scion", "--optim.head.scale=0"], 1, r"optim.head.scale must be positive"),
         (["--model.attention=flash"], 1, r"model.attention"),
         (["--device=gpu"], 1, r"device = 'gpu'"),
         (["--model.value_embeds=7"], 1, r"model.value_embeds \(7\) needs model.depth >= 14"),
@@ -120,3 +140,42 @@ def test_replace_changes_only_named_fields():
     new = replace(cfg, optim={"lr": 0.1}, seed=5)
     assert new.optim.lr == 0.1 and new.seed == 5 and new.optim.momentum == cfg.optim.momentum
     assert cfg.optim.lr == 0.05
+
+
+def test_optimizer_defaults_fill_unset_values_per_optimizer():
+    muon = load_config(SPEEDRUN)
+    assert muon.optim.hidden.norm == "spectral" and muon.optim.embed.norm == "adamw" and muon.optim.embed.lr == 0.6
+    assert muon.optim.hidden.lr is None  # follows optim.lr
+    scion = load_config(SPEEDRUN, ["--optim.name=scion", "--optim.lr=0.001", "--optim.momentum=0.9",
+                                   "--optim.momentum_warmup_steps=0", "--optim.embed.lr=0.5"])
+    validate(scion, 8)
+    o = scion.optim
+    assert (o.embed.norm, o.hidden.norm, o.head.norm) == ("sign", "spectral", "sign_fanin")
+    assert (o.hidden.scale, o.head.scale) == (50.0, 3000.0) and o.constrained
+    assert o.embed.lr == 0.5 and o.hidden.lr is None and o.lr == 0.001
+    # the speedrun config's Muon settings carried over explicitly; unset Scion ones come from defaults
+    plain = load_config(None, ["--optim.name=scion"])
+    assert plain.optim.lr == 2**-12 and plain.optim.momentum == 0.9
+    for name in ["adamw", "signum"]:
+        validate(load_config(None, [f"--optim.name={name}"]), 1)
+
+
+def test_base_config_is_read_first(tmp_path):
+    (tmp_path / "base.toml").write_text('name = "base"\nseed = 3\n[model]\nwidth = 256\nheads = 2\n')
+    (tmp_path / "child.toml").write_text('base = "base.toml"\n[model]\nwidth = 512\n')
+    cfg = load_config(tmp_path / "child.toml")
+    assert cfg.name == "child" and cfg.seed == 3 and cfg.model.width == 512 and cfg.model.heads == 2
+    (tmp_path / "loop.toml").write_text('base = "loop.toml"\n')
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "loop.toml")
+    (tmp_path / "orphan.toml").write_text('base = "missing.toml"\n')
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "orphan.toml")
+
+
+def test_all_shipped_configs_validate():
+    from pathlib import Path
+
+    for path in sorted(Path("configs").glob("*.toml")):
+        cfg = load_config(path)
+        validate(cfg, 8 if "124m" in path.name else 1)

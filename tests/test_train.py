@@ -52,6 +52,25 @@ def test_smoke_config_loss_falls(tmp_path):
     assert vals[-1] < 2.0 and vals == sorted(vals, reverse=True)
 
 
+@pytest.mark.parametrize("variant", ["smoke", "smoke_scion", "smoke_adamw", "smoke_signum"])
+def test_every_optimizer_reduces_the_loss(tmp_path, variant):
+    config = str(REPO / f"configs/{variant}.toml")
+    code = train_gpt.main(["--config", config, *TINY, f"--log.dir={tmp_path}", "--log.run_id=r",
+                           "--schedule.steps=20", "--eval.every=20", "--checkpoint.every=0", "--log.every=20"])
+    assert code == 0
+    vals = [r["val_loss"] for r in read_metrics(tmp_path / "r") if "val_loss" in r]
+    assert vals[-1] < vals[0] - 1.0, vals
+
+
+def test_scion_light_keeps_momentum_in_grad_and_resumes(tmp_path):
+    light = ["--config", str(REPO / "configs/smoke_scion.toml"), *TINY, f"--log.dir={tmp_path}", "--optim.light=true"]
+    assert train_gpt.main([*light, "--log.run_id=full"]) == 0
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    assert train_gpt.main([*light, f"--checkpoint.resume={tmp_path / 'resumed/checkpoints/step_000004.pt'}"]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train_time_ms"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "full")) == strip(read_metrics(tmp_path / "resumed"))
+
+
 def test_run_outputs(tmp_path):
     code, run_dir = run(tmp_path)
     assert code == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,21 +69,38 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class RoleConfig:
+    """How one parameter role is trained; unset values come from optimizers/defaults.py."""
+
+    norm: str | None = None  # a NORMS key (steepest step in that norm), or "adamw"
+    lr: float | None = None  # absolute learning rate (unset: the optimizer's default for the role)
+    scale: float | None = None  # radius / update scale (Scion's rho)
+    weight_decay: float | None = None
+
+
+@dataclass(frozen=True)
 class OptimConfig:
-    name: str = "muon"  # "muon" (Muon for hidden matrices + AdamW) | "adamw" (AdamW everywhere)
-    lr: float = 0.05  # learning rate of the hidden matrices
-    momentum: float = 0.95
-    nesterov: bool = True
-    ns_steps: int = 5
-    weight_decay: float = 0.0  # decoupled weight decay of the hidden matrices
-    momentum_warmup_from: float = 0.85  # Muon momentum ramps linearly from this ...
-    momentum_warmup_steps: int = 300  # ... to `momentum` over these steps
-    embed_lr: float = 0.6  # AdamW learning rates of the other roles
-    head_lr: float = 0.008
-    scalar_lr: float = 0.04
-    adam_betas: tuple[float, float] = (0.8, 0.95)
-    adam_eps: float = 1e-10
-    adam_weight_decay: float = 0.0
+    """The optimizer. Unset (None) values take optimizer-specific defaults when the config loads."""
+
+    name: str = "muon"  # "muon" | "scion" | "adamw" | "signum"
+    lr: float | None = None  # main learning rate: hidden matrices (muon, adamw, signum), every role (scion)
+    momentum: float | None = None  # beta of the momentum average (Scion's alpha is 1 - beta)
+    nesterov: bool | None = None
+    momentum_warmup_from: float | None = None  # momentum ramps linearly from this ...
+    momentum_warmup_steps: int | None = None  # ... to `momentum` over these steps (0: no warm-up)
+    orthogonalize: str = "newton_schulz"  # newton_schulz | polar_express | cubic | modular_quintic | svd
+    ns_steps: int = 0  # iterations of the orthogonalization; 0 = the method's default
+    backend: str = "auto"  # orthogonalization kernels: auto (Triton on CUDA) | torch | triton
+    shape_scale: str = "muon"  # Muon's update scale: muon max(1,m/n)^.5 | spectral sqrt(m/n) | adamw .2sqrt(max)
+    constrained: bool = True  # Scion: SCG (stay in the norm ball) or uSCG
+    light: bool = False  # Scion: keep the momentum in p.grad (no optimizer buffer)
+    scion_init: bool = False  # Scion: re-initialize every parameter on its norm sphere x radius
+    adam_betas: tuple[float, float] | None = None
+    adam_eps: float | None = None
+    embed: RoleConfig = field(default_factory=RoleConfig)
+    hidden: RoleConfig = field(default_factory=RoleConfig)
+    head: RoleConfig = field(default_factory=RoleConfig)
+    scalar: RoleConfig = field(default_factory=RoleConfig)
 
 
 @dataclass(frozen=True)
@@ -148,6 +166,9 @@ def _is_section(tp) -> bool:
 def _coerce(value, tp, key: str):
     """Convert a TOML value (or an override string parsed as TOML) to the field's type."""
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: TOML has no null, so a value is an X
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, inner, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -173,6 +194,8 @@ def _coerce(value, tp, key: str):
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
         inner = args[0].__name__ + ", ..." if args[-1] is Ellipsis else ", ".join(a.__name__ for a in args)
@@ -251,21 +274,51 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _read_toml(path: Path, seen: tuple = ()) -> dict:
+    """A config file's values; a top-level `base = "other.toml"` (relative to the file) is read
+    first and the file's own values are merged over it."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: circular base chain")
+    with path.open("rb") as f:
+        try:
+            values = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    values.setdefault("name", path.stem)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a path string, got {base!r}")
+    return _merge(_read_toml(path.parent / base, (*seen, path.resolve())), values)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a TOML config file (or none, for the defaults) and apply dotted overrides."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        with path.open("rb") as f:
-            try:
-                values = tomllib.load(f)
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"{path}: invalid TOML: {e}") from None
-        values.setdefault("name", path.stem)
+    """Read a TOML config file (or none, for the defaults), apply dotted overrides, and fill the
+    optimizer's unset values from its defaults."""
+    values = _read_toml(Path(path)) if path is not None else {}
     values = _merge(values, parse_overrides(overrides or []))
-    return _build(Config, values)
+    return resolve_optim_defaults(_build(Config, values))
+
+
+def resolve_optim_defaults(cfg: Config) -> Config:
+    """Fill unset [optim] values from optimizers/defaults.py for the chosen optimizer. A role's lr
+    stays unset when it follows optim.lr, so that overriding optim.lr moves it."""
+    from optimizers.defaults import DEFAULTS, ROLES
+
+    o = cfg.optim
+    if o.name not in DEFAULTS:
+        return cfg  # validate() names the valid choices
+    d = DEFAULTS[o.name]
+    top = {k: d[k] for k in ("lr", "momentum", "nesterov", "momentum_warmup_from", "momentum_warmup_steps",
+                             "adam_betas", "adam_eps") if getattr(o, k) is None}
+    for role in ROLES:
+        rc, rd = getattr(o, role), d["roles"][role]
+        filled = {k: rd[k] for k in ("norm", "lr", "scale", "weight_decay") if getattr(rc, k) is None}
+        top[role] = dataclasses.replace(rc, **filled)
+    return dataclasses.replace(cfg, optim=dataclasses.replace(o, **top))
 
 
 def replace(cfg: Config, **sections) -> Config:
@@ -282,14 +335,27 @@ def to_dict(cfg) -> dict:
 
 
 def to_toml(cfg: Config) -> str:
-    """The resolved config as TOML; `load_config` of the result gives back an equal Config."""
+    """The config as TOML; `load_config` of the result gives back an equal Config. Unset (None)
+    values are left out (TOML has no null)."""
     top, sections = [], []
+
+    def section(name: str, obj) -> None:
+        lines, subsections = [f"[{name}]"], []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                subsections.append((f"{name}.{f.name}", value))
+            elif value is not None:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        sections.append("\n".join(lines))
+        for sub_name, sub in subsections:
+            section(sub_name, sub)
+
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            lines = [f"[{f.name}]"] + [f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(value).items()]
-            sections.append("\n".join(lines))
-        else:
+            section(f.name, value)
+        elif value is not None:
             top.append(f"{f.name} = {_toml_value(value)}")
     return "\n".join(top) + "\n\n" + "\n\n".join(sections) + "\n"
 
@@ -333,7 +399,6 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     m, d, o, s, e = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.eval
     _choice("device", cfg.device, ("auto", "cpu", "cuda"))
     _choice("model.attention", m.attention, ("auto", "flex", "sdpa"))
-    _choice("optim.name", o.name, ("muon", "adamw"))
     for key in ("width", "depth", "heads", "head_dim", "mlp_ratio", "seq_len", "vocab_size", "vocab_multiple"):
         _check(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
     _check(
@@ -386,9 +451,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _check(cfg.log.every > 0, f"log.every must be positive, got {cfg.log.every}")
     _check(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {cfg.checkpoint.every}")
     _check(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")
-    _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
-    _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
-    _check(o.ns_steps > 0, f"optim.ns_steps must be positive, got {o.ns_steps}")
+    _validate_optim(o)
     if m.attention == "flex":
         _check(
             T % 128 == 0 and cfg.eval_seq_len % 128 == 0,
@@ -397,3 +460,44 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         )
     if d.synthetic:
         _check(m.vocab_size <= 65536, "data.synthetic needs model.vocab_size <= 65536 (uint16 shards)")
+
+
+def _validate_optim(o: OptimConfig) -> None:
+    from optimizers.defaults import MATRIX_NORMS, NORM_NAMES, OPTIMIZERS, ROLES
+
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _choice("optim.orthogonalize", o.orthogonalize, ("newton_schulz", "polar_express", "cubic", "modular_quintic", "svd"))
+    _choice("optim.backend", o.backend, ("auto", "torch", "triton"))
+    _choice("optim.shape_scale", o.shape_scale, ("muon", "spectral", "adamw"))
+    _check(o.lr is not None and o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    if o.momentum is not None:
+        _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
+    _check(o.ns_steps >= 0, f"optim.ns_steps must be >= 0 (0 = the method's default), got {o.ns_steps}")
+    _check(not o.light or o.name == "scion", "optim.light (momentum kept in p.grad) is a Scion option")
+    for role in ROLES:
+        rc, key = getattr(o, role), f"optim.{role}"
+        _choice(f"{key}.norm", rc.norm, (*NORM_NAMES, "adamw"))
+        lr = o.lr if rc.lr is None else rc.lr
+        _check(lr > 0, f"{key}.lr must be positive, got {lr}")
+        _check(rc.scale > 0, f"{key}.scale must be positive, got {rc.scale}")
+        _check(rc.weight_decay >= 0, f"{key}.weight_decay must be >= 0, got {rc.weight_decay}")
+        if role == "scalar":
+            _check(rc.norm not in MATRIX_NORMS,
+                   f"{key}.norm = {rc.norm!r} needs matrices, but role 'scalar' holds vectors and scalars; "
+                   f"use rms, sign, sign_fanin or euclidean")
+        if o.name == "muon":
+            want = "spectral" if role == "hidden" else "adamw"
+            _check(rc.norm == want,
+                   f"{key}.norm = {rc.norm!r}: Muon trains hidden matrices in the spectral norm and the other roles "
+                   f"with its auxiliary AdamW, so it must be {want!r} (optim.name = 'scion' takes any norm per role)")
+        elif o.name == "scion":
+            _check(rc.norm != "adamw",
+                   f"{key}.norm = 'adamw': Scion trains every role with a norm's LMO, and AdamW has none; "
+                   f"choose one of {', '.join(NORM_NAMES)}")
+            _check(not (o.constrained and rc.weight_decay),
+                   f"{key}.weight_decay: constrained Scion (SCG) has no separate weight decay; its (1 - lr) "
+                   f"shrinkage is the decay. Set optim.constrained = false for uSCG with weight decay")
+        elif o.name == "adamw":
+            _check(rc.norm == "adamw", f"{key}.norm = {rc.norm!r}: optim.name = 'adamw' trains every role with AdamW")
+        elif o.name == "signum":
+            _check(rc.norm == "sign", f"{key}.norm = {rc.norm!r}: optim.name = 'signum' is sign descent for every role")

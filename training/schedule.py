@@ -6,7 +6,7 @@ lr multiplier (applied to every param group's initial_lr):
     constant                         1
     cooldown (last C = cooldown_frac * steps steps): linear from 1 to final_lr_frac at the last step
 
-Muon momentum warms up linearly from momentum_warmup_from to momentum over momentum_warmup_steps.
+The momentum (Muon's) warms up linearly from momentum_warmup_from to momentum over momentum_warmup_steps.
 The attention window grows linearly from one 128-token block to model.window over training.
 """
 
@@ -42,13 +42,14 @@ def window_at(step: int, steps: int, window: int, warmup: bool) -> int:
 
 
 def apply(optimizers, step: int, cfg) -> float:
-    """Set lr (and Muon momentum) of every param group for `step`; returns the lr multiplier."""
+    """Set lr (and the warming-up momentum) of every param group for `step`; returns the lr multiplier."""
     s, o = cfg.schedule, cfg.optim
     mult = lr_multiplier(step, s.steps, s.warmup_steps, s.cooldown_frac, s.final_lr_frac)
-    momentum = momentum_at(step, o.momentum_warmup_from, o.momentum, o.momentum_warmup_steps)
+    warm = bool(o.momentum_warmup_steps) and o.momentum is not None and o.momentum_warmup_from is not None
+    momentum = momentum_at(step, o.momentum_warmup_from, o.momentum, o.momentum_warmup_steps) if warm else None
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * mult
-            if "nesterov" in group:  # Muon groups
+            if warm and "momentum" in group:
                 group["momentum"] = momentum
     return mult

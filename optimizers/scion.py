@@ -1,0 +1,115 @@
+"""Scion: stochastic conditional gradient with norm-constrained LMOs (Pethick et al., 2025).
+
+Each param group names a norm (optimizers/norms.py) and a radius ρ ("scale"); with
+lmo(d) = −ρ·direction(d), the linear minimization oracle over the ball ‖x‖ <= ρ:
+
+    d <- β·d + (1 − β)·g                          momentum (the paper's α is 1 − β; α = 0.1)
+    uSCG (unconstrained):  x <- (1 − γλ)·x + γ·lmo(d)     optional decoupled weight decay λ
+    SCG  (constrained):    x <- (1 − γ)·x + γ·lmo(d)      a convex combination: x stays in the ball
+
+γ is the group's lr. SCG is uSCG with λ = 1; more generally uSCG with (γ, ρ, λ) is SCG with step
+γλ and radius ρ/λ. The spectral norm's direction uses the group's orthogonalization method.
+
+Embedding tables stored as (vocab, dim) are maps from one-hot vectors: groups with
+transposed=True hand their gradients to the norm as (dim, vocab).
+
+light=True is the memory-light variant: the momentum lives in p.grad itself, so the optimizer
+keeps no buffer of its own. After each step p.grad <- β·p.grad, and the next backward adds the
+new gradient: p.grad = β·d + g, which is the average d/(1 − β) up to a constant factor that no
+LMO can see (every direction is scale invariant). The trainer must not zero these gradients
+(the attribute `grads_hold_state` says so); if it does, the momentum is restored from state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from optimizers.norms import NORMS
+
+
+class Scion(torch.optim.Optimizer):
+    """Args (defaults for every group; a group may override any):
+        lr (γ), momentum (β), norm (a NORMS key), scale (ρ), constrained, weight_decay (λ, uSCG only),
+        transposed, method/steps/backend (orthogonalization of the spectral norm), light.
+    """
+
+    def __init__(self, params, lr: float = 2**-12, momentum: float = 0.9, norm: str = "spectral",
+                 scale: float = 1.0, constrained: bool = True, weight_decay: float = 0.0, transposed: bool = False,
+                 method: str = "newton_schulz", steps: int | None = None, backend: str = "auto", light: bool = False):
+        defaults = dict(lr=lr, momentum=momentum, norm=norm, scale=scale, constrained=constrained,
+                        weight_decay=weight_decay, transposed=transposed, method=method, steps=steps,
+                        backend=backend, light=light)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["norm"] not in NORMS:
+                raise ValueError(f"unknown norm {group['norm']!r}; choose from {', '.join(NORMS)}")
+            norm = NORMS[group["norm"]]
+            for p in group["params"]:
+                if norm.matrix_only and p.ndim < 2:
+                    raise ValueError(f"the {norm.name} norm needs matrices; a parameter of shape {tuple(p.shape)} "
+                                     f"needs a vector norm (rms, sign, euclidean)")
+            if group["constrained"] and group["weight_decay"]:
+                raise ValueError("constrained Scion (SCG) has no separate weight decay: its (1 - lr) factor is one")
+        self.grads_hold_state = any(g["light"] for g in self.param_groups)
+
+    def direction(self, group: dict, d: Tensor) -> Tensor:
+        """The unit steepest direction of d under the group's norm, in the parameter's layout."""
+        norm = NORMS[group["norm"]]
+        m = d.mT if group["transposed"] else d
+        kw = dict(method=group["method"], steps=group["steps"], backend=group["backend"]) if norm.name == "spectral" else {}
+        u = norm.direction(m, **kw)
+        return u.mT if group["transposed"] else u
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, beta = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = self._momentum(group, p)
+                lmo = self.direction(group, d).to(p.dtype).mul_(-group["scale"])
+                shrink = lr if group["constrained"] else lr * group["weight_decay"]
+                if shrink:
+                    p.mul_(1 - shrink)
+                p.add_(lmo, alpha=lr)
+                if group["light"]:
+                    p.grad.mul_(beta)
+        return loss
+
+    def _momentum(self, group: dict, p: Tensor) -> Tensor:
+        state, beta = self.state[p], group["momentum"]
+        if group["light"]:
+            buf = state.get("momentum_buffer")
+            if buf is not None and buf is not p.grad:  # the grad was reset (or state was loaded)
+                p.grad.add_(buf)
+            state["momentum_buffer"] = p.grad  # the same tensor: saved with the state, no extra memory
+            return p.grad
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        return state["momentum_buffer"].lerp_(p.grad, 1 - beta)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also put the light variant's momentum back into p.grad, where the next backward
+        accumulates into it exactly as in an uninterrupted run."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            if group["light"]:
+                for p in group["params"]:
+                    if "momentum_buffer" in self.state[p]:
+                        p.grad = self.state[p]["momentum_buffer"]
+
+    @torch.no_grad()
+    def init_parameters(self) -> None:
+        """Scion's initialization: each parameter drawn on the sphere of its group's norm, times ρ."""
+        for group in self.param_groups:
+            norm = NORMS[group["norm"]]
+            for p in group["params"]:
+                w = torch.empty_like(p.mT if group["transposed"] else p, memory_format=torch.contiguous_format)
+                norm.init_(w)
+                p.copy_(w.mT if group["transposed"] else w).mul_(group["scale"])
