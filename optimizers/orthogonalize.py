@@ -62,12 +62,14 @@ def coefficients(method: str, steps: int | None = None) -> list[tuple[float, flo
 
 
 def polynomial_iteration_torch(X: Tensor, coeffs) -> Tensor:
-    """X (batch, m, n) with m <= n and spectral norm <= 1: per step, X <- a X + (b A + c A²) X."""
+    """X (..., m, n) with m <= n and spectral norm <= 1: per step, X <- a X + (b A + c A²) X."""
+    shape = X.shape
+    X = X.reshape(-1, *shape[-2:])
     for a, b, c in coeffs:
         A = X @ X.mT
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b·A + c·A·A
         X = torch.baddbmm(X, B, X, beta=a)  # a·X + B·X
-    return X
+    return X.reshape(shape)
 
 
 def _iterate(X: Tensor, coeffs, backend: str) -> Tensor:
