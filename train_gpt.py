@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -26,18 +27,21 @@ import torch
 from data.loader import DataNotFoundError, TrainLoader, find_shards, val_batches
 from data.shard import ShardError
 from model import GPT, flops_per_token
-from optimizers import build_optimizers
+from optimizers import build_optimizer
+from optimizers.grad_sync import GradSync
+from optimizers.sharded import drop_foreign_state, gather_state, plan_chunks, sharded_step
 from training import checkpoint as ckpt
 from training import schedule
 from training.config import Config, ConfigError, grad_accum_steps, load_config, to_toml, validate
 from training.distributed import (
     DistInfo,
-    all_reduce_gradients,
     all_reduce_max_flag,
     all_reduce_mean,
     barrier,
     broadcast_object,
     broadcast_parameters,
+    check_same_everywhere,
+    code_hash,
     env_world_size,
     init_distributed,
     shutdown,
@@ -47,6 +51,7 @@ from training.run_dir import RunOutputs, resolve_run
 
 REPO = Path(__file__).resolve().parent
 EXIT_DIVERGED = 3
+EXIT_COLLECTIVE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -114,17 +119,23 @@ def autocast(cfg: Config, device: torch.device):
 
 @dataclass
 class Trainer:
-    """The model, its optimizers and data, and one optimizer step of training."""
+    """The model, its optimizer and data, and one optimizer step of training."""
 
     cfg: Config
     info: DistInfo
     model: GPT  # the raw module (checkpoints, parameters)
     forward: torch.nn.Module  # the module to call: compiled on CUDA when configured
-    optimizers: list
+    optimizer: torch.optim.Optimizer
     loader: TrainLoader
     accum: int
+    sync: GradSync | None = None  # gradient reductions (several processes only)
     windows: dict = field(default_factory=dict)
+    orthogonalized: int = 0  # matrices this rank orthogonalized in the last sharded step
     _zeroable: list | None = None
+
+    @property
+    def sharded(self) -> bool:
+        return self.sync is not None and bool(self.sync.chunks)
 
     def window(self, step: int) -> torch.Tensor:
         """The attention window for `step` as a cached device tensor (no recompiles when it grows)."""
@@ -136,28 +147,36 @@ class Trainer:
     def step(self, step: int) -> torch.Tensor:
         """Run optimizer step number `step` (0-based); returns the mean loss (a device tensor)."""
         window = self.window(step)
-        total = torch.zeros((), device=self.info.device)
-        for _ in range(self.accum):
+        total = torch.zeros((), dtype=torch.float64, device=self.info.device)
+        for micro in range(self.accum):
+            if self.sync is not None:  # reduce only once, during the last backward
+                self.sync.sync_this_backward = micro == self.accum - 1
             inputs, targets = self.loader.next_batch()
             with autocast(self.cfg, self.info.device):
                 loss = self.forward(inputs, targets, window)
             (loss / self.accum).backward()
             total += loss.detach()
-        all_reduce_gradients([p for p in self.model.parameters()], self.info)
-        schedule.apply(self.optimizers, step, self.cfg)
-        for opt in self.optimizers:
-            opt.step()
+        schedule.apply(self.optimizer, step, self.cfg)
+        if self.sync is None:
+            self.optimizer.step()
+        else:
+            self.sync.finish_backward()
+            if self.sharded:
+                self.orthogonalized = sharded_step(self.optimizer, self.sync, self.info.rank, self.info.world_size)
+            else:
+                self.sync.wait_all()
+                self.optimizer.step()
+            self.sync.reset()
         for p in self.zeroable:
             p.grad = None
         return total / self.accum
 
     @property
     def zeroable(self) -> list[torch.nn.Parameter]:
-        """Parameters whose gradients are reset after a step: all but those of optimizers that keep
+        """Parameters whose gradients are reset after a step: all but those whose optimizer keeps
         state in p.grad (Scion's light variant keeps its momentum there)."""
         if self._zeroable is None:
-            held = {id(p) for opt in self.optimizers if getattr(opt, "grads_hold_state", False)
-                    for g in opt.param_groups if g.get("light") for p in g["params"]}
+            held = {id(p) for g in self.optimizer.param_groups if g.get("light") for p in g["params"]}
             self._zeroable = [p for p in self.model.parameters() if id(p) not in held]
         return self._zeroable
 
@@ -166,7 +185,7 @@ class Trainer:
         cfg = self.cfg
         self.forward.eval()
         window = self.window(step)
-        total, n = torch.zeros((), device=self.info.device), 0
+        total, n = torch.zeros((), dtype=torch.float64, device=self.info.device), 0
         for inputs, targets in val_batches(
             val_files, tokens=cfg.eval.tokens, seq_len=cfg.eval_seq_len, batch_size=cfg.eval.batch_size,
             rank=self.info.rank, world_size=self.info.world_size, device=self.info.device,
@@ -179,17 +198,22 @@ class Trainer:
         return all_reduce_mean(total / n, self.info).item()
 
     def state(self) -> dict:
+        """Everything a checkpoint holds. A collective when the optimizer is sharded (call it on
+        every rank): each matrix's momentum is copied from its owner first."""
+        if self.sharded:
+            gather_state(self.optimizer, self.sync.chunks, self.info.rank)
         return {
             "model": self.model.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizer": self.optimizer.state_dict(),
             "loader": self.loader.state_dict(),
             "rng": ckpt.rng_state(),
         }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        for opt, sd in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            drop_foreign_state(self.optimizer, self.sync.chunks, self.info.rank)
         self.loader.load_state_dict(state["loader"])
         ckpt.set_rng_state(state["rng"])
 
@@ -198,17 +222,31 @@ def build_trainer(cfg: Config, info: DistInfo, train_files: list[str]) -> Traine
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model, max_seq_len=max(cfg.model.seq_len, cfg.eval_seq_len)).to(info.device)
     broadcast_parameters(model, info)
-    optimizers = build_optimizers(model.params_by_role(), cfg.optim, info.device)
+    optimizer = build_optimizer(model.params_by_role(), cfg.optim, info.device)
     loader = TrainLoader(
         train_files, seq_len=cfg.model.seq_len, batch_size=cfg.data.micro_batch_size, rank=info.rank,
         world_size=info.world_size, seed=cfg.seed, shuffle=cfg.data.shuffle_shards,
         align_to_docs=cfg.data.align_to_docs, eot_token=cfg.model.eot_token, vocab_size=cfg.model.vocab_size,
         device=info.device,
     )
+    sync = None
+    if info.active:
+        d = cfg.distributed
+        backward_order = list(reversed(list(model.parameters())))  # the head's gradient arrives first
+        rank_of = {id(p): i for i, p in enumerate(backward_order)}
+        chunks = plan_chunks(optimizer, info.world_size, rank_of) if d.shard_optimizer else []
+        sync = GradSync(backward_order, chunks, info.rank, info.world_size, bucket_bytes=int(d.bucket_mb * 2**20),
+                        overlap=d.overlap)
     forward = model
     if info.device.type == "cuda" and cfg.model.compile:
-        forward = torch.compile(model, dynamic=False)
-    return Trainer(cfg, info, model, forward, optimizers, loader, grad_accum_steps(cfg, info.world_size))
+        if sync is not None and cfg.distributed.overlap:
+            # one graph per block, so that each block's gradients (and their reductions) are ready
+            # as soon as its backward is done, not when the whole model's backward graph finishes
+            for block in model.blocks:
+                block.compile(dynamic=False)
+        else:
+            forward = torch.compile(model, dynamic=False)
+    return Trainer(cfg, info, model, forward, optimizer, loader, grad_accum_steps(cfg, info.world_size), sync)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,6 +297,9 @@ def train(cfg: Config, info: DistInfo) -> dict:
     resuming = cfg.checkpoint.resume != ""
     out = RunOutputs(run_dir, info.is_main, resume_step=start_step if resuming else None)
     out.log(f"run directory: {run_dir}")
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restarts:
+        out.log(f"torchrun restart {restarts}: every rank restarts from the last checkpoint")
     if state:
         out.log(f"resuming from {resume_from} at step {start_step}")
     elif resuming:
@@ -286,16 +327,18 @@ def train(cfg: Config, info: DistInfo) -> dict:
     tokens_per_step = cfg.data.batch_tokens
     status, final_val, step = "completed", None, start_step
     step_times: list[float] = []
-    loss_sum = torch.tensor(counters["loss_sum"], device=info.device)
+    loss_sum = torch.tensor(counters["loss_sum"], dtype=torch.float64, device=info.device)
     loss_count = counters["loss_count"]
     interval = {"time": 0.0, "tokens": 0}  # training time and tokens since the last log line
     summary = {}
 
     def save(at_step: int) -> Path | None:
+        """Called on every rank (gathering a sharded optimizer's state is a collective); rank 0 writes."""
+        counters.update(loss_sum=all_reduce_mean(loss_sum.clone(), info).item(), loss_count=loss_count)
+        state = trainer.state()
         if not info.is_main:
             return None
-        counters.update(loss_sum=loss_sum.item(), loss_count=loss_count)
-        return ckpt.save_checkpoint(run_dir, at_step, {**trainer.state(), "counters": counters}, cfg.checkpoint.keep)
+        return ckpt.save_checkpoint(run_dir, at_step, {**state, "counters": counters}, cfg.checkpoint.keep)
 
     def validate_and_row(at_step: int, train_loss: float | None) -> dict:
         nonlocal final_val
@@ -358,12 +401,13 @@ def train(cfg: Config, info: DistInfo) -> dict:
                 if step == steps and cfg.checkpoint.final:
                     ckpt_due = True
                 stop_now = stop.requested
-                if info.active and (log_due or ckpt_due):
-                    stop_now = all_reduce_max_flag(stop_now, info)
+                if info.active:  # ranks agree on stopping at log and checkpoint steps only
+                    stop_now = all_reduce_max_flag(stop_now, info) if (log_due or ckpt_due) else False
                 if ckpt_due or (stop_now and step < steps):
                     path = save(step)
                     if path:
                         out.log(f"checkpoint: {path}")
+                inject_fault(step, info)
                 if stop_now and step < steps:
                     status = "interrupted"
                     out.log(f"stopped at step {step}; continue with --checkpoint.resume={run_dir}")
@@ -440,6 +484,22 @@ def _start_wandb(cfg: Config, run_dir: Path, info: DistInfo):
     return wandb.init(project=cfg.log.wandb_project, name=run_dir.name, dir=str(run_dir), config=to_dict(cfg))
 
 
+def inject_fault(step: int, info: DistInfo) -> None:
+    """Fault injection for testing restarts: NANOGPT_FAULT_KILL_AT=RANK:STEP makes that rank
+    SIGKILL itself after that step, in the first attempt of a torchrun job only."""
+    spec = os.environ.get("NANOGPT_FAULT_KILL_AT")
+    if spec and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        rank, at = map(int, spec.split(":"))
+        if info.rank == rank and step == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _collective_failure(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.distributed.DistError) or any(
+        k in text for k in ("Timed out", "timed out", "Connection closed by peer", "Connection reset by peer"))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config_path, overrides = parse_args(argv)
@@ -448,12 +508,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, cfg.distributed.timeout_s)
     try:
+        check_same_everywhere(info, to_toml(cfg), code_hash(REPO))
         summary = train(cfg, info)
     except (ConfigError, DataNotFoundError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not (info.active and _collective_failure(e)):
+            raise
+        print(f"error on rank {info.rank}: a collective operation failed: {e}\n"
+              f"Another rank probably crashed or stalled (see its log), or did not reach the same point within "
+              f"distributed.timeout_s = {cfg.distributed.timeout_s:g} s.", file=sys.stderr)
+        return EXIT_COLLECTIVE
     finally:
         shutdown()
     return {"completed": 0, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}[summary["status"]]

@@ -75,6 +75,7 @@ class GPT(nn.Module):
         nn.init.zeros_(self.head.weight)
         pattern = cfg.window_pattern or "L" * cfg.depth
         self.window_halved = [c == "S" for c in pattern]
+        self.to(getattr(torch, cfg.dtype))
 
     # ------------------------------------------------------------------------------------------
     def param_roles(self) -> dict[str, str]:
@@ -131,7 +132,8 @@ class GPT(nn.Module):
             if i < self.n_skips:
                 skips.append(x)
 
-        logits = self.head(rms_norm(x)).float()
+        logits = self.head(rms_norm(x))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # softcap and loss in >= fp32
         if cfg.logit_softcap > 0:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         if targets is None:

@@ -27,7 +27,7 @@ class Rotary(nn.Module):
         if T > self.cos.size(0):
             raise ValueError(f"sequence length {T} exceeds the rotary table ({self.cos.size(0)})")
         cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]
-        x1, x2 = x.float().chunk(2, dim=-1)
+        x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)  # >= fp32
         y1 = x1 * cos + x2 * sin
         y2 = x2 * cos - x1 * sin
         return torch.cat((y1, y2), dim=-1).type_as(x)

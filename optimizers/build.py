@@ -6,7 +6,7 @@
     signum  sign descent with momentum, one param group per role
 
 Each param group carries its role and its peak lr as group["initial_lr"]; schedules scale from it.
-Returns a list (one optimizer today) so that the trainer can step several if a config ever needs.
+One optimizer object trains the whole model, with one state_dict.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _role_lr(cfg, role: str) -> float:
     return cfg.lr if lr is None else lr
 
 
-def build_optimizers(params_by_role: dict, cfg, device: torch.device) -> list[torch.optim.Optimizer]:
+def build_optimizer(params_by_role: dict, cfg, device: torch.device) -> torch.optim.Optimizer:
     """params_by_role: {"embed": [...], "hidden": [...], "head": [...], "scalar": [...]};
     cfg: a resolved training.config.OptimConfig."""
     groups = []
@@ -60,4 +60,4 @@ def build_optimizers(params_by_role: dict, cfg, device: torch.device) -> list[to
         raise ValueError(f"unknown optimizer {cfg.name!r}")
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]
-    return [opt]
+    return opt

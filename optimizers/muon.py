@@ -25,12 +25,12 @@ AdamW step instead, so one optimizer object, with one state_dict, trains the who
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import torch
 from torch import Tensor
 
 from optimizers.orthogonalize import orthogonalize
+from optimizers.sharded import same_shape_batches
 
 SHAPE_SCALES = ("muon", "spectral", "adamw")
 
@@ -93,6 +93,41 @@ class Muon(torch.optim.Optimizer):
                         raise ValueError(f"Muon orthogonalizes matrices; a parameter of shape {tuple(p.shape)} "
                                          f"belongs in an 'adamw' group")
 
+    # The step, in three parts that the sharded (multi-process) step in optimizers/sharded.py reuses:
+    # `updates` (momentum + orthogonalization, only for the matrices a rank owns), `apply_update`
+    # (every rank, every matrix) and `step_replicated` (the AdamW groups).
+
+    def is_sharded(self, group: dict) -> bool:
+        """Groups whose matrices are orthogonalized by their owner rank only."""
+        return group["algorithm"] == "muon"
+
+    def updates(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """Scaled, orthogonalized updates for same-shape params (momentum state updated), computed
+        as one batch."""
+        directions = []
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(g)
+            directions.append(muon_direction(g, state["momentum_buffer"], group["momentum"], group["nesterov"]))
+        U = orthogonalize(torch.stack(directions), group["method"], group["steps"], backend=group["backend"])
+        return list((U * shape_scale(group["shape_scale"], U.size(-2), U.size(-1))).unbind(0))
+
+    @staticmethod
+    def apply_update(group: dict, p: Tensor, update: Tensor) -> None:
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.add_(update.to(p.dtype), alpha=-group["lr"])
+
+    @torch.no_grad()
+    def step_replicated(self) -> None:
+        for group in self.param_groups:
+            if not self.is_sharded(group):
+                for p in group["params"]:
+                    if p.grad is not None:
+                        adamw_step(p, p.grad, self.state[p], group["lr"], group["betas"], group["eps"],
+                                   group["weight_decay"])
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -100,34 +135,9 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if group["algorithm"] == "muon":
-                self._muon_group(group)
-            else:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        adamw_step(p, p.grad, self.state[p], group["lr"], group["betas"], group["eps"],
-                                   group["weight_decay"])
+            if self.is_sharded(group):
+                for params in same_shape_batches(group["params"]):
+                    for p, u in zip(params, self.updates(group, params, [p.grad for p in params])):
+                        self.apply_update(group, p, u)
+        self.step_replicated()
         return loss
-
-    def _muon_group(self, group: dict) -> None:
-        by_shape: dict[tuple, list[Tensor]] = defaultdict(list)
-        for p in group["params"]:
-            if p.grad is not None:
-                by_shape[tuple(p.shape)].append(p)
-        for shape, params in by_shape.items():
-            directions = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                directions.append(muon_direction(p.grad, state["momentum_buffer"], group["momentum"], group["nesterov"]))
-            updates = orthogonalize(torch.stack(directions), group["method"], group["steps"], backend=group["backend"])
-            self._apply(group, params, updates, shape_scale(group["shape_scale"], shape[-2], shape[-1]))
-
-    @staticmethod
-    def _apply(group: dict, params: list[Tensor], updates: Tensor, scale: float) -> None:
-        lr, wd = group["lr"], group["weight_decay"]
-        for p, u in zip(params, updates):
-            if wd:
-                p.mul_(1 - lr * wd)
-            p.add_(u.to(p.dtype), alpha=-lr * scale)

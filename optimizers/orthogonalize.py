@@ -20,7 +20,8 @@ The methods differ only in the coefficients (a, b, c) of each step:
                      also converging to exactly 1 from below (default 8 steps).
     svd              exact U Vᵀ from torch.linalg.svd, the reference (computed in float32 or float64).
 
-The iteration runs in `dtype`: bfloat16 on CUDA and float32 elsewhere unless the caller chooses.
+The iteration runs in `dtype`: bfloat16 on CUDA and float32 elsewhere (float64 for float64 inputs)
+unless the caller chooses.
 `backend` picks the implementation of the iteration: "torch" (matmuls), "triton" (the symmetric
 kernels in optimizers/newton_schulz_triton.py) or "auto" (Triton on CUDA when available).
 """
@@ -90,8 +91,8 @@ def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int | None = 
     if method == "svd":
         return _svd_orthogonalize(G)
     coeffs = coefficients(method, steps)
-    if dtype is None:
-        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    if dtype is None:  # bf16 on CUDA; on CPU fp32 (fp64 for fp64 inputs)
+        dtype = torch.bfloat16 if G.is_cuda else torch.promote_types(G.dtype, torch.float32)
     tall = G.size(-2) > G.size(-1)
     X = G.mT if tall else G
     batch_shape, (m, n) = X.shape[:-2], X.shape[-2:]

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from optimizers.norms import NORMS
+from optimizers.sharded import same_shape_batches
 
 
 class Scion(torch.optim.Optimizer):
@@ -61,6 +62,37 @@ class Scion(torch.optim.Optimizer):
         u = norm.direction(m, **kw)
         return u.mT if group["transposed"] else u
 
+    # The step, in three parts that the sharded (multi-process) step in optimizers/sharded.py reuses:
+    # `updates` (momentum + direction, only for the matrices a rank owns), `apply_update` (every
+    # rank, every matrix) and `step_replicated` (the groups in cheap elementwise norms).
+
+    def is_sharded(self, group: dict) -> bool:
+        """Spectral-norm groups: their direction (an orthogonalization) is computed by the owner rank."""
+        return group["norm"] == "spectral" and not group["light"]
+
+    def updates(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """Unit directions for same-shape params (momentum state updated); matrices are stacked into
+        one batch (every norm treats a batch of matrices matrix by matrix), vectors go one by one."""
+        ds = [self._momentum(group, p, g) for p, g in zip(params, grads)]
+        if params[0].ndim < 2:
+            return [self.direction(group, d) for d in ds]
+        return list(self.direction(group, torch.stack(ds)).unbind(0))
+
+    @staticmethod
+    def apply_update(group: dict, p: Tensor, direction: Tensor) -> None:
+        """x <- (1 - shrink)·x + lr·lmo(d), lmo(d) = -scale·direction."""
+        lr = group["lr"]
+        shrink = lr if group["constrained"] else lr * group["weight_decay"]
+        if shrink:
+            p.mul_(1 - shrink)
+        p.add_(direction.to(p.dtype), alpha=-lr * group["scale"])
+
+    @torch.no_grad()
+    def step_replicated(self) -> None:
+        for group in self.param_groups:
+            if not self.is_sharded(group):
+                self._step_group(group)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -68,31 +100,27 @@ class Scion(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, beta = group["lr"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = self._momentum(group, p)
-                lmo = self.direction(group, d).to(p.dtype).mul_(-group["scale"])
-                shrink = lr if group["constrained"] else lr * group["weight_decay"]
-                if shrink:
-                    p.mul_(1 - shrink)
-                p.add_(lmo, alpha=lr)
-                if group["light"]:
-                    p.grad.mul_(beta)
+            self._step_group(group)
         return loss
 
-    def _momentum(self, group: dict, p: Tensor) -> Tensor:
+    def _step_group(self, group: dict) -> None:
+        for params in same_shape_batches(group["params"]):
+            for p, u in zip(params, self.updates(group, params, [p.grad for p in params])):
+                self.apply_update(group, p, u)
+                if group["light"]:
+                    p.grad.mul_(group["momentum"])
+
+    def _momentum(self, group: dict, p: Tensor, grad: Tensor) -> Tensor:
         state, beta = self.state[p], group["momentum"]
-        if group["light"]:
+        if group["light"]:  # grad is p.grad, which holds the momentum
             buf = state.get("momentum_buffer")
-            if buf is not None and buf is not p.grad:  # the grad was reset (or state was loaded)
-                p.grad.add_(buf)
-            state["momentum_buffer"] = p.grad  # the same tensor: saved with the state, no extra memory
-            return p.grad
+            if buf is not None and buf is not grad:  # the grad was reset (or state was loaded)
+                grad.add_(buf)
+            state["momentum_buffer"] = grad  # the same tensor: saved with the state, no extra memory
+            return grad
         if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p.grad)
-        return state["momentum_buffer"].lerp_(p.grad, 1 - beta)
+            state["momentum_buffer"] = torch.zeros_like(grad)
+        return state["momentum_buffer"].lerp_(grad, 1 - beta)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Also put the light variant's momentum back into p.grad, where the next backward

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import GPT  # noqa: E402
-from optimizers import build_optimizers  # noqa: E402
+from optimizers import build_optimizer  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.hardware import device_name, synchronize  # noqa: E402
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for name in args.optimizers.split(","):
         ocfg = load_config(args.config, [*overrides, f"--optim.name={name}"]).optim
-        (opt,) = build_optimizers(model.params_by_role(), ocfg, device)
+        opt = build_optimizer(model.params_by_role(), ocfg, device)
 
         def step():
             for p, g in grads.items():

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from optimizers import NORMS, Muon, Scion, Signum, build_optimizers, orthogonalize
+from optimizers import NORMS, Muon, Scion, Signum, build_optimizer, orthogonalize
 from optimizers import muon as muon_module
 from optimizers.muon import shape_scale
 
@@ -301,7 +301,7 @@ def test_build_from_roles():
     for name in ["muon", "scion", "adamw", "signum"]:
         cfg = load_config("configs/smoke.toml", [f"--optim.name={name}"])
         model = GPT(cfg.model)
-        (opt,) = build_optimizers(model.params_by_role(), cfg.optim, torch.device("cpu"))
+        opt = build_optimizer(model.params_by_role(), cfg.optim, torch.device("cpu"))
         roles = {g["role"]: g for g in opt.param_groups}
         assert set(roles) == {"embed", "hidden", "head", "scalar"}
         assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))

@@ -46,6 +46,7 @@ class ModelConfig:
     attention: str = "auto"  # "auto" (flex on CUDA, sdpa elsewhere) | "flex" | "sdpa"
     compile: bool = True  # torch.compile the model (CUDA only)
     bf16: bool = True  # bf16 autocast (CUDA only); fp32 on CPU
+    dtype: str = "float32"  # parameter dtype; "float64" is for numerical checks on CPU
 
     @property
     def padded_vocab(self) -> int:
@@ -138,6 +139,14 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    overlap: bool = True  # start gradient reductions during backward (hooks + async buckets)
+    shard_optimizer: bool = True  # each rank orthogonalizes only the matrices it owns (Muon, Scion)
+    bucket_mb: float = 25.0  # size of the all-reduce buckets of the other parameters
+    timeout_s: float = 600.0  # a collective that waits longer fails with an error instead of hanging
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -149,6 +158,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def eval_seq_len(self) -> int:
@@ -399,6 +409,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     m, d, o, s, e = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.eval
     _choice("device", cfg.device, ("auto", "cpu", "cuda"))
     _choice("model.attention", m.attention, ("auto", "flex", "sdpa"))
+    _choice("model.dtype", m.dtype, ("float32", "float64"))
     for key in ("width", "depth", "heads", "head_dim", "mlp_ratio", "seq_len", "vocab_size", "vocab_multiple"):
         _check(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
     _check(
@@ -451,6 +462,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _check(cfg.log.every > 0, f"log.every must be positive, got {cfg.log.every}")
     _check(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {cfg.checkpoint.every}")
     _check(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")
+    _check(cfg.distributed.bucket_mb > 0, f"distributed.bucket_mb must be positive, got {cfg.distributed.bucket_mb}")
+    _check(cfg.distributed.timeout_s > 0, f"distributed.timeout_s must be positive, got {cfg.distributed.timeout_s}")
     _validate_optim(o)
     if m.attention == "flex":
         _check(

@@ -1,16 +1,22 @@
 """Process group setup from torchrun's environment, and the few collectives the trainer uses.
 
 `python train_gpt.py` runs one process with no process group; under torchrun (RANK, WORLD_SIZE,
-LOCAL_RANK set) every process joins one group: NCCL when the device is CUDA, gloo on CPU.
+LOCAL_RANK set; one node or several, `--nnodes`/`--rdzv-endpoint`) every process joins one group:
+NCCL when the device is CUDA, gloo on CPU. Collectives fail after `timeout_s` instead of hanging.
+Gradient reductions live beside the optimizers (optimizers/grad_sync.py).
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from training.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ def resolve_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device_preference: str = "auto") -> DistInfo:
+def init_distributed(device_preference: str = "auto", timeout_s: float = 600.0) -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     world_size = env_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,11 +55,22 @@ def init_distributed(device_preference: str = "auto") -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group(backend="nccl", device_id=device)
-        else:
-            dist.init_process_group(backend="gloo")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        kwargs = dict(backend="nccl", device_id=device) if device.type == "cuda" else dict(backend="gloo")
+        dist.init_process_group(**kwargs, timeout=timeout, **_attempt_store(rank, world_size, timeout))
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dict:
+    """Under torchrun, a key prefix per restart attempt on torchrun's own store: after a restart the
+    new processes must never read the addresses the dead attempt published (seen here: gloo then
+    connects to a closed port and fails). Empty outside torchrun (plain env:// init)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)
+    return dict(store=dist.PrefixStore(f"nanogpt/attempt_{attempt}/", store), rank=rank, world_size=world_size)
 
 
 def shutdown() -> None:
@@ -98,17 +115,30 @@ def broadcast_parameters(module: torch.nn.Module, info: DistInfo) -> None:
             dist.broadcast(p.detach(), src=0)
 
 
-@torch.no_grad()
-def all_reduce_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Average gradients across ranks after backward: one flat all-reduce, not overlapped.
-    (Overlapped, bucketed reductions are the distributed-training issue's job.)"""
+def check_same_everywhere(info: DistInfo, config_text: str, code_hash: str) -> None:
+    """Fail on every rank, naming the ranks, if the ranks run different configs or code."""
     if not info.active:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= info.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    mine = (hashlib.sha256(config_text.encode()).hexdigest()[:12], code_hash)
+    everyone = [None] * info.world_size
+    dist.all_gather_object(everyone, mine)
+    for what, i in (("config", 0), ("code", 1)):
+        values = {v[i] for v in everyone}
+        if len(values) > 1:
+            groups = {h: [r for r, v in enumerate(everyone) if v[i] == h] for h in values}
+            detail = "; ".join(f"ranks {ranks}: {h}" for h, ranks in groups.items())
+            raise ConfigError(f"ranks disagree on the {what} ({detail}): every rank must run the same "
+                               f"{'config and overrides' if what == 'config' else 'version of the repository'}")
+
+
+def code_hash(root) -> str:
+    """A hash of the repository's Python sources (what every rank must agree on)."""
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for path in sorted(Path(root).glob("**/*.py")):
+        if ".venv" in path.parts or "tests" in path.parts:
+            continue
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]

@@ -41,15 +41,14 @@ def window_at(step: int, steps: int, window: int, warmup: bool) -> int:
     return max(BLOCK, grown)
 
 
-def apply(optimizers, step: int, cfg) -> float:
+def apply(optimizer, step: int, cfg) -> float:
     """Set lr (and the warming-up momentum) of every param group for `step`; returns the lr multiplier."""
     s, o = cfg.schedule, cfg.optim
     mult = lr_multiplier(step, s.steps, s.warmup_steps, s.cooldown_frac, s.final_lr_frac)
     warm = bool(o.momentum_warmup_steps) and o.momentum is not None and o.momentum_warmup_from is not None
     momentum = momentum_at(step, o.momentum_warmup_from, o.momentum, o.momentum_warmup_steps) if warm else None
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * mult
-            if warm and "momentum" in group:
-                group["momentum"] = momentum
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * mult
+        if warm and "momentum" in group:
+            group["momentum"] = momentum
     return mult

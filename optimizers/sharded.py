@@ -1,0 +1,121 @@
+"""Sharded orthogonalization across ranks: each rank computes the updates of the matrices it owns.
+
+The matrices of the sharded groups (Muon's hidden matrices, Scion's spectral-norm groups) are
+grouped by shape and cut into chunks of `world_size`, in the order their gradients arrive during
+backward; the last chunk of a shape is padded. Rank r owns slot r of every chunk. For each chunk:
+
+    1. wait for the reduce-scatter that delivered the averaged gradient of this rank's matrix
+       (started by optimizers/grad_sync.py while backward was still running),
+    2. compute its update (momentum, then orthogonalization) with the optimizer's `updates`,
+    3. all-gather the updates of the whole chunk, asynchronously: the gather of chunk i runs while
+       chunk i + 1 is being orthogonalized,
+    4. every rank applies every update of the chunk with the optimizer's `apply_update`.
+
+The momentum of a matrix lives on its owner only; `gather_state` copies it to every rank before a
+checkpoint, so checkpoints have the single-process layout and resume on any number of ranks.
+With one process none of this runs: the optimizer's own step batches all matrices of a shape.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def same_shape_batches(params: list[Tensor]) -> list[list[Tensor]]:
+    """The params that have gradients, grouped by shape (each group is orthogonalized as one batch)."""
+    by_shape: dict[tuple, list[Tensor]] = defaultdict(list)
+    for p in params:
+        if p.grad is not None:
+            by_shape[tuple(p.shape)].append(p)
+    return list(by_shape.values())
+
+
+@dataclass
+class Chunk:
+    """`world_size` same-shape matrices of one param group; slot r belongs to rank r (None: padding)."""
+
+    group_index: int
+    shape: tuple
+    params: list  # list[Parameter | None], one per rank
+
+
+def plan_chunks(optimizer, world_size: int, backward_rank: dict[int, int]) -> list[Chunk]:
+    """Cut the optimizer's sharded groups into chunks. backward_rank maps id(param) to its position
+    in backward order (gradients that arrive first come first), so chunks complete as early as
+    possible; the same on every rank, since every rank builds it from the same model."""
+    chunks = []
+    for gi, group in enumerate(optimizer.param_groups):
+        if not (hasattr(optimizer, "is_sharded") and optimizer.is_sharded(group)):
+            continue
+        by_shape: dict[tuple, list] = defaultdict(list)
+        for p in sorted(group["params"], key=lambda p: backward_rank[id(p)]):
+            by_shape[tuple(p.shape)].append(p)
+        for shape, params in by_shape.items():
+            for start in range(0, len(params), world_size):
+                slots = params[start : start + world_size]
+                chunks.append(Chunk(gi, shape, slots + [None] * (world_size - len(slots))))
+    # launch (and step) order: by when the chunk's last gradient arrives
+    chunks.sort(key=lambda c: max(backward_rank[id(p)] for p in c.params if p is not None))
+    return chunks
+
+
+@torch.no_grad()
+def sharded_step(optimizer, sync, rank: int, world_size: int) -> int:
+    """One optimizer step with sharded orthogonalization; returns how many matrices this rank
+    orthogonalized (its share)."""
+    pending: list[tuple[Chunk, Tensor, object]] = []
+    done = 0
+    for i, chunk in enumerate(sync.chunks):
+        group = optimizer.param_groups[chunk.group_index]
+        grad = sync.wait_chunk(i)
+        mine = chunk.params[rank]
+        if mine is not None:
+            update = optimizer.updates(group, [mine], [grad])[0].contiguous()
+            done += 1
+        else:  # padding slot: contribute zeros to the gather
+            update = torch.zeros(chunk.shape, device=grad.device, dtype=grad.dtype)
+        gathered = torch.empty(world_size * update.numel(), device=update.device, dtype=update.dtype)
+        handle = dist.all_gather_into_tensor(gathered, update.view(-1), async_op=True)
+        gathered = gathered.view(world_size, *chunk.shape)
+        pending.append((chunk, gathered, handle))
+        if len(pending) > 1:  # the previous chunk's gather has had this chunk's compute to finish
+            _apply(optimizer, *pending.pop(0))
+    for item in pending:
+        _apply(optimizer, *item)
+    sync.wait_replicated()
+    optimizer.step_replicated()
+    return done
+
+
+def _apply(optimizer, chunk: Chunk, gathered: Tensor, handle) -> None:
+    handle.wait()
+    group = optimizer.param_groups[chunk.group_index]
+    for p, update in zip(chunk.params, gathered):
+        if p is not None:
+            optimizer.apply_update(group, p, update)
+
+
+@torch.no_grad()
+def gather_state(optimizer, chunks: list[Chunk], rank: int) -> None:
+    """Copy every sharded matrix's optimizer state from its owner to all ranks (before saving)."""
+    for chunk in chunks:
+        for owner, p in enumerate(chunk.params):
+            if p is None:
+                continue
+            state = optimizer.state[p]
+            if "momentum_buffer" not in state:  # a non-owner, or an owner before its first step
+                state["momentum_buffer"] = torch.zeros_like(p)
+            dist.broadcast(state["momentum_buffer"], src=owner)
+
+
+def drop_foreign_state(optimizer, chunks: list[Chunk], rank: int) -> None:
+    """After loading a full checkpoint, keep only the state of the matrices this rank owns."""
+    for chunk in chunks:
+        for owner, p in enumerate(chunk.params):
+            if p is not None and owner != rank:
+                optimizer.state.pop(p, None)

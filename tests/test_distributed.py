@@ -1,0 +1,182 @@
+"""Distributed training on CPU with gloo: several processes end where one process ends, reductions
+overlap backward, each rank orthogonalizes only its share, a killed rank is restarted from the last
+checkpoint with nothing lost, and bad input fails with a message instead of hanging."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import train_gpt
+from tests.test_train import SMOKE, TINY
+from training.run_dir import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# The equality runs are in float64 (model.dtype): reductions sum in a different order than one
+# process does. Everything then agrees to ~1e-9 except the Adam-trained embedding tables: Adam
+# (eps 1e-10) turns the ~1e-18 rounding residue of a mathematically-zero gradient entry into a
+# step of lr x residue / eps, ~1e-8 per step, so after 12 steps those differ by up to ~1e-6.
+# (In float32 the same effect reaches ~1e-3.) A real bug moves weights by >= 1e-3.
+ATOL = 2e-6
+
+
+def torchrun(nproc, args, tmp_path, run_id, extra=(), env=None, script=None, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
+           str(script or REPO / "train_gpt.py"), "--config", SMOKE, *TINY, f"--log.dir={tmp_path}",
+           f"--log.run_id={run_id}", *args]
+    return subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def final_weights(run_dir):
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
+    return torch.load(ckpts[-1], weights_only=True)["model"]
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= atol, f"largest weight difference {worst:.3g} > {atol:g}"
+
+
+@pytest.mark.parametrize("nproc, optim", [(2, "muon"), (2, "scion"), (2, "adamw"), (4, "muon"), (4, "scion")])
+def test_several_processes_end_with_the_weights_of_one(tmp_path, nproc, optim):
+    """Same global batch: each of N ranks takes 1/N of the rows. Depth 2 gives 2 matrices per
+    shape, so with 4 ranks every chunk is padded (more ranks than matrices) and must still work."""
+    args = [f"--optim.name={optim}", "--checkpoint.every=0", "--eval.every=0", "--data.micro_batch_size=2",
+            "--model.dtype=float64"]
+    out = torchrun(nproc, args, tmp_path, "many")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert train_gpt.main(["--config", SMOKE, *TINY, f"--log.dir={tmp_path}", "--log.run_id=one", *args]) == 0
+    assert_same_weights(final_weights(tmp_path / "many"), final_weights(tmp_path / "one"), ATOL)
+    many, one = read_metrics(tmp_path / "many"), read_metrics(tmp_path / "one")
+    for a, b in zip(many, one):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-9)
+
+
+def test_kill_a_rank_and_restart_loses_nothing(tmp_path):
+    """torchrun --max-restarts=1: rank 1 is SIGKILLed after step 7; every rank restarts from the
+    step-4 checkpoint and the run ends with exactly the weights and losses of an uninterrupted run."""
+    args = ["--optim.name=muon", "--checkpoint.every=4", "--checkpoint.resume=latest", "--eval.every=6"]
+    killed = torchrun(2, args, tmp_path, "killed", extra=["--max-restarts=1"],
+                      env={"NANOGPT_FAULT_KILL_AT": "1:7"})
+    assert killed.returncode == 0, killed.stderr[-3000:]
+    straight = torchrun(2, args, tmp_path, "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    log = (tmp_path / "killed" / "log.txt").read_text()
+    assert "torchrun restart 1" in log and "at step 4" in log
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train_time_ms"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "killed")) == strip(read_metrics(tmp_path / "straight"))
+    assert_same_weights(final_weights(tmp_path / "killed"), final_weights(tmp_path / "straight"), 0.0)
+
+
+WRAPPER = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import train_gpt
+rank = int(os.environ["RANK"])
+{body}
+sys.exit(train_gpt.main(sys.argv[1:]))
+"""
+
+
+def test_ranks_with_different_configs_fail_with_a_message(tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(WRAPPER.format(repo=str(REPO), body='if rank == 1: sys.argv.append("--seed=7")'))
+    out = torchrun(2, [], tmp_path, "mismatch", script=script)
+    assert out.returncode != 0
+    assert "ranks disagree on the config" in out.stderr
+
+
+def test_a_stalled_rank_times_out_with_a_message_instead_of_hanging(tmp_path):
+    body = textwrap.dedent("""
+        real = train_gpt.check_same_everywhere
+        def stall(*a, **k):
+            if rank == 1:
+                time.sleep(15)
+            return real(*a, **k)
+        train_gpt.check_same_everywhere = stall
+    """)
+    script = tmp_path / "stall.py"
+    script.write_text(WRAPPER.format(repo=str(REPO), body=body))
+    t0 = time.time()
+    out = torchrun(2, ["--distributed.timeout_s=3"], tmp_path, "stall", script=script, timeout=120)
+    assert out.returncode != 0 and time.time() - t0 < 100
+    assert "a collective operation failed" in out.stderr and "distributed.timeout_s = 3" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The machinery itself, in spawned gloo processes
+
+
+def _worker(rank, world, port, result_path):
+    import torch.distributed as dist
+
+    from model import GPT
+    from optimizers import build_optimizer
+    from optimizers import muon as muon_module
+    from optimizers.grad_sync import GradSync
+    from optimizers.sharded import plan_chunks, sharded_step
+    from training.config import load_config
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg = load_config(SMOKE, [*TINY, "--model.depth=3", "--model.window_pattern=LSL"])
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    opt = build_optimizer(model.params_by_role(), cfg.optim, torch.device("cpu"))
+    order = list(reversed(list(model.parameters())))
+    chunks = plan_chunks(opt, world, {id(p): i for i, p in enumerate(order)})
+    sync = GradSync(order, chunks, rank, world, bucket_bytes=4096, overlap=True, record=True)
+    calls = []
+    real = muon_module.orthogonalize
+    muon_module.orthogonalize = lambda G, *a, **k: calls.append(G.shape[0]) or real(G, *a, **k)
+    x = torch.randint(0, 1000, (2, 128), generator=torch.Generator().manual_seed(rank))
+    model(x, x).backward()
+    events = list(sync.events)
+    sync.finish_backward()
+    done = sharded_step(opt, sync, rank, world)
+    hidden = model.params_by_role()["hidden"]
+    shapes = [tuple(p.shape) for p in hidden]
+    share = sum(-(-shapes.count(s) // world) for s in set(shapes))  # ceil(n / world) per shape
+    Path(result_path).write_text(json.dumps({"events": events, "done": done, "calls": calls, "hidden": len(hidden),
+                                             "share": share, "params": len(order)}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_reductions_overlap_backward_and_each_rank_orthogonalizes_its_share(tmp_path, world):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = [tmp_path / f"rank{r}.json" for r in range(world)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(r, world, port, str(results[r]))) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+        assert p.exitcode == 0
+    res = [json.loads(r.read_text()) for r in results]
+    for r in res:
+        kinds = [e[0] for e in r["events"]]
+        first_launch = kinds.index("launch")
+        last_grad = len(kinds) - 1 - kinds[::-1].index("grad")
+        # a reduction was started while later gradients were still to come
+        assert first_launch < last_grad
+        assert kinds.count("grad") == r["params"]
+        assert "reduce_scatter" in [e[1] for e in r["events"] if e[0] == "launch"]
+        # one orthogonalize call per owned matrix, each of one matrix (batch dimension 1)
+        assert r["calls"] == [1] * r["done"]
+    hidden = res[0]["hidden"]
+    assert sum(r["done"] for r in res) == hidden  # every matrix exactly once over all ranks
+    assert all(r["done"] <= r["share"] for r in res)  # no rank does more than ceil(n / world) per shape
