@@ -146,6 +146,12 @@ class Trainer:
 
     def step(self, step: int) -> torch.Tensor:
         """Run optimizer step number `step` (0-based); returns the mean loss (a device tensor)."""
+        loss = self.forward_backward(step)
+        self.optimizer_step(step)
+        return loss
+
+    def forward_backward(self, step: int) -> torch.Tensor:
+        """All micro-batches of the step; the gradient reductions start during the last backward."""
         window = self.window(step)
         total = torch.zeros((), dtype=torch.float64, device=self.info.device)
         for micro in range(self.accum):
@@ -156,6 +162,10 @@ class Trainer:
                 loss = self.forward(inputs, targets, window)
             (loss / self.accum).backward()
             total += loss.detach()
+        return total / self.accum
+
+    def optimizer_step(self, step: int) -> None:
+        """Schedules, then the update: sharded over ranks when the optimizer allows it."""
         schedule.apply(self.optimizer, step, self.cfg)
         if self.sync is None:
             self.optimizer.step()
@@ -169,7 +179,6 @@ class Trainer:
             self.sync.reset()
         for p in self.zeroable:
             p.grad = None
-        return total / self.accum
 
     @property
     def zeroable(self) -> list[torch.nn.Parameter]:
