@@ -6,9 +6,9 @@
 
 Builds the config's model (by default configs/speedrun_124m.toml, so the parameter shapes are the
 124M model's), times forward+backward on one row of `--seq-len` tokens (default: the config's
-model.seq_len, 48Ki tokens per GPU for the record), then for each optimizer (muon, scion, adamw,
-signum, each with its defaults, and any `--extra name:key=value,...` variants) times one step on
-those gradients. Reports milliseconds (median of `--repeat` after `--warmup`) and the ratio
+model.seq_len, 48Ki tokens per GPU for the record), then for each optimizer of `--optimizers`
+(default muon, scion, adamw, signum, each with its defaults plus any dotted overrides given, e.g.
+`--optim.orthogonalize=polar_express`) times one step on those gradients. Reports milliseconds (median of `--repeat` after `--warmup`) and the ratio
 step / (forward+backward). Single device: the distributed issue divides the optimizer work.
 """
 
