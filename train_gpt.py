@@ -5,8 +5,10 @@
     python train_gpt.py --config configs/smoke.toml --optim.lr=0.02 --schedule.steps=50
 
 Flow: config -> process group -> data -> model -> optimizers (from parameter roles) -> loop of
-(forward/backward over micro-batches, gradient all-reduce, schedules, optimizer step) with
+(forward/backward over micro-batches, with bucketed gradient reductions started during the last
+backward; schedules; optimizer step, each rank orthogonalizing only the matrices it owns) with
 periodic validation, log lines, metrics rows and checkpoints -> summary.json in the run directory.
+Exit codes: 0 done, 2 config or data error, 3 diverged, 4 collective failure, 130 interrupted.
 """
 
 from __future__ import annotations
