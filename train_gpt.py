@@ -48,13 +48,11 @@ from training.distributed import (
     init_distributed,
     shutdown,
 )
+from training.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
 from training.hardware import device_name, peak_memory_mib, peak_tflops, synchronize
 from training.run_dir import RunOutputs, resolve_run
 
 REPO = Path(__file__).resolve().parent
-EXIT_DIVERGED = 3
-EXIT_COLLECTIVE = 4
-EXIT_INTERRUPTED = 130
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,7 +174,7 @@ class Trainer:
             if self.sharded:
                 self.orthogonalized = sharded_step(self.optimizer, self.sync, self.info.rank, self.info.world_size)
             else:
-                self.sync.wait_all()
+                self.sync.wait_replicated()
                 self.optimizer.step()
             self.sync.reset()
         for p in self.zeroable:
@@ -212,7 +210,7 @@ class Trainer:
         """Everything a checkpoint holds. A collective when the optimizer is sharded (call it on
         every rank): each matrix's momentum is copied from its owner first."""
         if self.sharded:
-            gather_state(self.optimizer, self.sync.chunks, self.info.rank)
+            gather_state(self.optimizer, self.sync.chunks)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -351,13 +349,15 @@ def train(cfg: Config, info: DistInfo) -> dict:
             return None
         return ckpt.save_checkpoint(run_dir, at_step, {**state, "counters": counters}, cfg.checkpoint.keep)
 
+    def eval_due(at_step: int) -> bool:
+        return at_step == steps or (cfg.eval.every > 0 and at_step % cfg.eval.every == 0)
+
     def validate_and_row(at_step: int, train_loss: float | None) -> dict:
         nonlocal final_val
         row = {"step": at_step}
         if train_loss is not None:
             row["train_loss"] = train_loss
-        due = at_step == steps or (cfg.eval.every > 0 and at_step % cfg.eval.every == 0)
-        if due:
+        if eval_due(at_step):
             final_val = trainer.evaluate(val_files, at_step)
             row["val_loss"] = final_val
         return row
@@ -366,8 +366,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
         with StopFlag() as stop:
             if start_step == 0 and cfg.eval.every > 0:
                 row = validate_and_row(0, None)
-                row.update(lr=schedule.lr_multiplier(0, steps, cfg.schedule.warmup_steps, cfg.schedule.cooldown_frac,
-                                                     cfg.schedule.final_lr_frac), train_time_ms=0.0, tokens=0)
+                row.update(lr=schedule.lr_at(0, cfg), train_time_ms=0.0, tokens=0)
                 out.metrics(row)
                 out.log(f"step:0/{steps} val_loss:{row['val_loss']:.4f} train_time:0ms step_avg:nan")
             while step < steps:
@@ -377,8 +376,8 @@ def train(cfg: Config, info: DistInfo) -> dict:
                 loss_sum += loss
                 loss_count += 1
                 log_due = step % cfg.log.every == 0 or step == steps
-                eval_due = step == steps or (cfg.eval.every > 0 and step % cfg.eval.every == 0)
-                if log_due or eval_due:
+                report_due = log_due or eval_due(step)
+                if report_due:
                     synchronize(info.device)  # GPU work is asynchronous: settle it before reading the clock
                 dt = time.perf_counter() - t0
                 counters["train_time_ms"] += 1000 * dt
@@ -387,7 +386,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
                 interval["tokens"] += tokens_per_step
                 step_times.append(dt)
 
-                if log_due or eval_due:
+                if report_due:
                     train_loss = all_reduce_mean(loss_sum / max(loss_count, 1), info).item()
                     if not math.isfinite(train_loss):
                         raise Diverged(f"non-finite training loss ({train_loss}) at step {step}")
@@ -396,8 +395,7 @@ def train(cfg: Config, info: DistInfo) -> dict:
                     row = validate_and_row(step, train_loss)
                     tok_s = interval["tokens"] / max(interval["time"], 1e-9)
                     interval.update(time=0.0, tokens=0)
-                    lr = schedule.lr_multiplier(step - 1, steps, cfg.schedule.warmup_steps, cfg.schedule.cooldown_frac,
-                                                cfg.schedule.final_lr_frac)
+                    lr = schedule.lr_at(step - 1, cfg)
                     row.update(lr=lr, train_time_ms=round(counters["train_time_ms"], 3), tokens=counters["tokens"])
                     out.metrics(row)
                     avg = _step_avg_ms(step_times)
@@ -518,14 +516,14 @@ def main(argv: list[str] | None = None) -> int:
         validate(cfg, env_world_size())
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     info = init_distributed(cfg.device, cfg.distributed.timeout_s)
     try:
         check_same_everywhere(info, to_toml(cfg), code_hash(REPO))
         summary = train(cfg, info)
     except (ConfigError, DataNotFoundError, ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except RuntimeError as e:
         if not (info.active and _collective_failure(e)):
             raise
@@ -535,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_COLLECTIVE
     finally:
         shutdown()
-    return {"completed": 0, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}[summary["status"]]
+    return {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}[summary["status"]]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ measuring what the overlap buys).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -36,8 +36,6 @@ class _Bucket:
     handle: object = None
     buffer: Tensor | None = None
     launched: bool = False
-    waited: bool = False
-    members: set = field(default_factory=set)
 
 
 class GradSync:
@@ -125,7 +123,6 @@ class GradSync:
         bucket.handle.wait()
         self.comm_wait_s += time.perf_counter() - t0
         bucket.buffer /= self.world_size
-        bucket.waited = True
 
     def wait_chunk(self, i: int) -> Tensor:
         """The averaged gradient of this rank's matrix in chunk i (zeros for a padding slot)."""
@@ -143,14 +140,10 @@ class GradSync:
                 p.grad = bucket.buffer[offset : offset + n].view_as(p)
                 offset += n
 
-    def wait_all(self) -> None:
-        """Without sharding: all buckets, gradients back in p.grad."""
-        self.wait_replicated()
-
     def reset(self) -> None:
         """Before the next step's backward."""
         for bucket in self.chunk_buckets + self.buckets:
             bucket.arrived, bucket.handle, bucket.buffer = 0, None, None
-            bucket.launched = bucket.waited = False
+            bucket.launched = False
         if self.events is not None:
             self.events.clear()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from optimizers.orthogonalize import orthogonalize
-from optimizers.sharded import same_shape_batches
+from optimizers.sharded import ShardableOptimizer
 
 SHAPE_SCALES = ("muon", "spectral", "adamw")
 
@@ -68,7 +68,7 @@ def adamw_step(p: Tensor, grad: Tensor, state: dict, lr: float, betas, eps: floa
     p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(ShardableOptimizer):
     """Muon for groups with algorithm="muon" (the default), AdamW for groups with algorithm="adamw".
 
     Args (defaults for every group; a group may override any of them):
@@ -93,9 +93,8 @@ class Muon(torch.optim.Optimizer):
                         raise ValueError(f"Muon orthogonalizes matrices; a parameter of shape {tuple(p.shape)} "
                                          f"belongs in an 'adamw' group")
 
-    # The step, in three parts that the sharded (multi-process) step in optimizers/sharded.py reuses:
-    # `updates` (momentum + orthogonalization, only for the matrices a rank owns), `apply_update`
-    # (every rank, every matrix) and `step_replicated` (the AdamW groups).
+    # The step's three parts (optimizers/sharded.py, ShardableOptimizer): `updates` (momentum +
+    # orthogonalization), `apply_update` and `step_replicated` (the AdamW groups).
 
     def is_sharded(self, group: dict) -> bool:
         """Groups whose matrices are orthogonalized by their owner rank only."""
@@ -127,17 +126,3 @@ class Muon(torch.optim.Optimizer):
                     if p.grad is not None:
                         adamw_step(p, p.grad, self.state[p], group["lr"], group["betas"], group["eps"],
                                    group["weight_decay"])
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            if self.is_sharded(group):
-                for params in same_shape_batches(group["params"]):
-                    for p, u in zip(params, self.updates(group, params, [p.grad for p in params])):
-                        self.apply_update(group, p, u)
-        self.step_replicated()
-        return loss

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from optimizers.orthogonalize import polynomial_iteration_torch  # the torch reference of the same loop
+from optimizers.orthogonalize import BACKENDS, polynomial_iteration_torch  # the torch reference of the same loop
 
 triton = None  # the triton module, bound by _load_triton() on first use
 tl = None  # triton.language, bound by _load_triton(); the kernels below resolve `tl` from this module's globals
@@ -377,7 +377,6 @@ def triton_available() -> tuple[bool, str]:
     return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter)"
 
 
-BACKENDS = ("auto", "triton", "torch")
 _fallback_reason: str | None = None  # set when the Triton path failed once; "auto" then uses torch for good
 
 

@@ -26,10 +26,10 @@ import torch
 from torch import Tensor
 
 from optimizers.norms import NORMS
-from optimizers.sharded import same_shape_batches
+from optimizers.sharded import ShardableOptimizer
 
 
-class Scion(torch.optim.Optimizer):
+class Scion(ShardableOptimizer):
     """Args (defaults for every group; a group may override any):
         lr (γ), momentum (β), norm (a NORMS key), scale (ρ), constrained, weight_decay (λ, uSCG only),
         transposed, method/steps/backend (orthogonalization of the spectral norm), light.
@@ -62,9 +62,9 @@ class Scion(torch.optim.Optimizer):
         u = norm.direction(m, **kw)
         return u.mT if group["transposed"] else u
 
-    # The step, in three parts that the sharded (multi-process) step in optimizers/sharded.py reuses:
-    # `updates` (momentum + direction, only for the matrices a rank owns), `apply_update` (every
-    # rank, every matrix) and `step_replicated` (the groups in cheap elementwise norms).
+    # The step's three parts (optimizers/sharded.py, ShardableOptimizer): `updates` (momentum +
+    # direction), `apply_update` and `step_replicated` (the groups in cheap elementwise norms, and
+    # the light variant's spectral groups).
 
     def is_sharded(self, group: dict) -> bool:
         """Spectral-norm groups: their direction (an orthogonalization) is computed by the owner rank."""
@@ -91,23 +91,13 @@ class Scion(torch.optim.Optimizer):
     def step_replicated(self) -> None:
         for group in self.param_groups:
             if not self.is_sharded(group):
-                self._step_group(group)
+                self.step_group(group)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
-        return loss
-
-    def _step_group(self, group: dict) -> None:
-        for params in same_shape_batches(group["params"]):
-            for p, u in zip(params, self.updates(group, params, [p.grad for p in params])):
-                self.apply_update(group, p, u)
-                if group["light"]:
+    def step_group(self, group: dict) -> None:
+        super().step_group(group)
+        if group["light"]:  # the momentum decays in p.grad; the next backward adds the new gradient
+            for p in group["params"]:
+                if p.grad is not None:
                     p.grad.mul_(group["momentum"])
 
     def _momentum(self, group: dict, p: Tensor, grad: Tensor) -> Tensor:

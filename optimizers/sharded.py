@@ -35,6 +35,49 @@ def same_shape_batches(params: list[Tensor]) -> list[list[Tensor]]:
     return list(by_shape.values())
 
 
+class ShardableOptimizer(torch.optim.Optimizer):
+    """An optimizer whose step splits into the three parts `sharded_step` distributes:
+
+        updates(group, params, grads)   momentum + direction of same-shape matrices (owner rank only)
+        apply_update(group, p, update)  the parameter update (every rank, every matrix)
+        step_replicated()               the groups that are not sharded (every rank)
+
+    `is_sharded(group)` says which groups go through the first two. With one process, `step` runs
+    the same parts, batching all matrices of a shape.
+    """
+
+    def is_sharded(self, group: dict) -> bool:
+        raise NotImplementedError
+
+    def updates(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def apply_update(group: dict, p: Tensor, update: Tensor) -> None:
+        raise NotImplementedError
+
+    def step_replicated(self) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if self.is_sharded(group):
+                self.step_group(group)
+        self.step_replicated()
+        return loss
+
+    def step_group(self, group: dict) -> None:
+        """`updates` then `apply_update` for every param of the group, one batch per shape."""
+        for params in same_shape_batches(group["params"]):
+            for p, u in zip(params, self.updates(group, params, [p.grad for p in params])):
+                self.apply_update(group, p, u)
+
+
 @dataclass
 class Chunk:
     """`world_size` same-shape matrices of one param group; slot r belongs to rank r (None: padding)."""
@@ -50,7 +93,7 @@ def plan_chunks(optimizer, world_size: int, backward_rank: dict[int, int]) -> li
     possible; the same on every rank, since every rank builds it from the same model."""
     chunks = []
     for gi, group in enumerate(optimizer.param_groups):
-        if not (hasattr(optimizer, "is_sharded") and optimizer.is_sharded(group)):
+        if not (isinstance(optimizer, ShardableOptimizer) and optimizer.is_sharded(group)):
             continue
         by_shape: dict[tuple, list] = defaultdict(list)
         for p in sorted(group["params"], key=lambda p: backward_rank[id(p)]):
@@ -101,7 +144,7 @@ def _apply(optimizer, chunk: Chunk, gathered: Tensor, handle) -> None:
 
 
 @torch.no_grad()
-def gather_state(optimizer, chunks: list[Chunk], rank: int) -> None:
+def gather_state(optimizer, chunks: list[Chunk]) -> None:
     """Copy every sharded matrix's optimizer state from its owner to all ranks (before saving)."""
     for chunk in chunks:
         for owner, p in enumerate(chunk.params):

@@ -3,11 +3,13 @@
     python scripts/bench_newton_schulz.py --out bench_newton_schulz.json          # on a GPU, bf16
     TRITON_INTERPRET=1 python scripts/bench_newton_schulz.py --quick              # smoke test on CPU
 
-Variants: "torch" (plain matmuls: X@Xᵀ, b·A + c·(A@A), a·X + B@X), "torch_baddbmm" (the same with
-the elementwise terms fused into torch.baddbmm), "compiled" (torch.compile of "torch"), "triton" (the
-symmetric Triton kernels of optimizers/newton_schulz_triton.py, third product on torch.baddbmm) and
+Variants: "torch" (plain matmuls and elementwise ops: A = X@Xᵀ, B = b·A + c·(A@A), X = a·X + B@X),
+"torch_baddbmm" (the library's torch path, optimizers/orthogonalize.py: the elementwise terms fused
+into torch.baddbmm), "compiled" (torch.compile of the library's torch path), "triton" (the symmetric
+Triton kernels of optimizers/newton_schulz_triton.py, third product on torch.baddbmm) and
 "triton_gemm" (the same with the Triton kernel for the third product, to decide between the two).
-Shapes are the 124M model's hidden matrices as the optimizer batches them, (48, 768, 768),
+Every variant gets its input as the library prepares it (tall matrices transposed, normalized,
+contiguous). Shapes are the 124M model's hidden matrices as the optimizer batches them, (48, 768, 768),
 (12, 768, 3072) and (12, 3072, 768) (tall: transposed to 768×3072 inside), and square widths 1024
 to 8192. Reports the median time over `--repeats` runs after `--warmup` (CUDA events on GPU), the
 achieved TFLOP/s counting the dense algorithm's FLOPs (per step 2m²n for X·Xᵀ, 2m³ for A·A and 2m²n
@@ -29,13 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optimizers.newton_schulz_triton import (  # noqa: E402
-    polynomial_iteration,
-    polynomial_iteration_torch,
-    triton_available,
-)
+from optimizers.newton_schulz_triton import polynomial_iteration, triton_available  # noqa: E402
+from optimizers.orthogonalize import coefficients, polynomial_iteration_torch  # noqa: E402
 
-MUON_QUINTIC = (3.4445, -4.7750, 2.0315)
 SHAPES = [(48, 768, 768), (12, 768, 3072), (12, 3072, 768), (1, 1024, 1024), (1, 2048, 2048), (1, 4096, 4096),
           (1, 8192, 8192)]
 QUICK_SHAPES = [(2, 32, 32), (2, 32, 64), (2, 64, 32)]
@@ -44,30 +42,30 @@ BASELINES = ("torch", "torch_baddbmm", "compiled")
 
 
 def orthogonalize(G: torch.Tensor, iterate, steps: int, eps: float = 1e-7) -> torch.Tensor:
-    """Transpose tall matrices, divide by the Frobenius norm, run `steps` quintic steps with `iterate`."""
+    """As optimizers/orthogonalize.py prepares the input (tall matrices transposed, divided by the
+    Frobenius norm, contiguous), then `steps` Newton–Schulz steps with `iterate`."""
     tall = G.size(-2) > G.size(-1)
     X = G.mT if tall else G
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
-    X = iterate(X, [MUON_QUINTIC] * steps)
+    X = (X / (X.norm(dim=(-2, -1), keepdim=True) + eps)).contiguous()
+    X = iterate(X, coefficients("newton_schulz", steps))
     return X.mT if tall else X
 
 
-def orthogonalize_torch(G, steps):
-    return orthogonalize(G, polynomial_iteration_torch, steps)
-
-
-def iterate_baddbmm(X, coefficients):
-    """The torch iteration with the elementwise terms fused into cuBLAS: B = bA + cA·A, X = aX + B·X."""
-    X = X.reshape(-1, *X.shape[-2:])
-    for a, b, c in coefficients:
+def iterate_matmul(X, coeffs):
+    """The iteration in plain matmuls and elementwise ops: the unfused reference."""
+    for a, b, c in coeffs:
         A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
     return X
 
 
+def orthogonalize_torch(G, steps):
+    return orthogonalize(G, iterate_matmul, steps)
+
+
 def orthogonalize_torch_baddbmm(G, steps):
-    return orthogonalize(G, iterate_baddbmm, steps).reshape(G.shape)
+    return orthogonalize(G, polynomial_iteration_torch, steps)
 
 
 def orthogonalize_triton(G, steps):
@@ -117,7 +115,7 @@ def variant_functions(variants: list[str], compile_mode: str | None) -> dict:
     table = {
         "torch": orthogonalize_torch,
         "torch_baddbmm": orthogonalize_torch_baddbmm,
-        "compiled": torch.compile(orthogonalize_torch, dynamic=False, mode=compile_mode),
+        "compiled": torch.compile(orthogonalize_torch_baddbmm, dynamic=False, mode=compile_mode),
         "triton": orthogonalize_triton,
         "triton_gemm": orthogonalize_triton_gemm,
     }
@@ -205,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "dtype": str(dtype).removeprefix("torch."),
         "steps": args.steps,
-        "coefficients": list(MUON_QUINTIC),
+        "coefficients": list(coefficients("newton_schulz", 1)[0]),
         "warmup": warmup,
         "repeats": repeats,
         "torch": torch.__version__,

@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import GPT  # noqa: E402
 from optimizers import build_optimizer  # noqa: E402
 from training.config import load_config  # noqa: E402
+from train_gpt import autocast  # noqa: E402
+from training.distributed import resolve_device  # noqa: E402
 from training.hardware import device_name, synchronize  # noqa: E402
 
 
@@ -56,20 +58,16 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = parser.parse_known_args(argv)
 
     cfg = load_config(args.config, overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = resolve_device(cfg.device, local_rank=0)
     seq_len = args.seq_len or cfg.model.seq_len
     torch.manual_seed(0)
     model = GPT(cfg.model, max_seq_len=seq_len).to(device)
     forward = torch.compile(model, dynamic=False) if device.type == "cuda" and cfg.model.compile else model
     idx = torch.randint(0, cfg.model.vocab_size, (1, seq_len), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.model.bf16 else None
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
-        if autocast:
-            with autocast:
-                loss = forward(idx, idx)
-        else:
+        with autocast(cfg, device):
             loss = forward(idx, idx)
         loss.backward()
 

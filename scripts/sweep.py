@@ -45,10 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training.config import toml_value  # noqa: E402  (plain Python: no torch)
+from training.exit_codes import EXIT_DIVERGED, EXIT_INTERRUPTED  # noqa: E402
+from training.exit_codes import MEANINGS as EXIT_MEANINGS  # noqa: E402
+
 TRAIN_SCRIPT = REPO / "train_gpt.py"
 FINISHED = ("completed", "diverged")
-EXIT_DIVERGED, EXIT_INTERRUPTED = 3, 130
-EXIT_MEANINGS = {2: "config or data error", 3: "diverged", 130: "interrupted"}
 SPEC_KEYS = ("name", "base", "gpus_per_run", "overrides", "axes", "extra", "plot")
 SWEEP_OWNED_KEYS = ("log.dir", "log.run_id", "checkpoint.resume")
 ERROR_TAIL_LINES = 40
@@ -113,15 +117,6 @@ def format_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def toml_value(value) -> str:
-    """A value as the trainer reads an override: TOML (strings quoted, so 'true' stays a string)."""
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return format_value(value)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -356,7 +356,7 @@ def to_toml(cfg: Config) -> str:
             if dataclasses.is_dataclass(value):
                 subsections.append((f"{name}.{f.name}", value))
             elif value is not None:
-                lines.append(f"{f.name} = {_toml_value(value)}")
+                lines.append(f"{f.name} = {toml_value(value)}")
         sections.append("\n".join(lines))
         for sub_name, sub in subsections:
             section(sub_name, sub)
@@ -366,11 +366,12 @@ def to_toml(cfg: Config) -> str:
         if dataclasses.is_dataclass(value):
             section(f.name, value)
         elif value is not None:
-            top.append(f"{f.name} = {_toml_value(value)}")
+            top.append(f"{f.name} = {toml_value(value)}")
     return "\n".join(top) + "\n\n" + "\n\n".join(sections) + "\n"
 
 
-def _toml_value(v) -> str:
+def toml_value(v) -> str:
+    """A value as TOML text (the config writer, and overrides built by scripts/sweep.py)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -378,7 +379,7 @@ def _toml_value(v) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
@@ -477,11 +478,13 @@ def validate(cfg: Config, world_size: int = 1) -> None:
 
 def _validate_optim(o: OptimConfig) -> None:
     from optimizers.defaults import MATRIX_NORMS, NORM_NAMES, OPTIMIZERS, ROLES
+    from optimizers.muon import SHAPE_SCALES
+    from optimizers.orthogonalize import BACKENDS, METHODS
 
     _choice("optim.name", o.name, OPTIMIZERS)
-    _choice("optim.orthogonalize", o.orthogonalize, ("newton_schulz", "polar_express", "cubic", "modular_quintic", "svd"))
-    _choice("optim.backend", o.backend, ("auto", "torch", "triton"))
-    _choice("optim.shape_scale", o.shape_scale, ("muon", "spectral", "adamw"))
+    _choice("optim.orthogonalize", o.orthogonalize, METHODS)
+    _choice("optim.backend", o.backend, BACKENDS)
+    _choice("optim.shape_scale", o.shape_scale, SHAPE_SCALES)
     _check(o.lr is not None and o.lr > 0, f"optim.lr must be positive, got {o.lr}")
     if o.momentum is not None:
         _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")

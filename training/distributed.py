@@ -131,14 +131,19 @@ def check_same_everywhere(info: DistInfo, config_text: str, code_hash: str) -> N
                                f"{'config and overrides' if what == 'config' else 'version of the repository'}")
 
 
+CODE_PATHS = ("train_gpt.py", "model", "optimizers", "training", "data")
+
+
 def code_hash(root) -> str:
-    """A hash of the repository's Python sources (what every rank must agree on)."""
+    """A hash of the Python sources the training run executes (what every rank must agree on):
+    the entry point and the model/optimizers/training/data packages, not virtual environments,
+    run outputs or tests, which may differ from node to node."""
     from pathlib import Path
 
+    root = Path(root)
+    files = [root / "train_gpt.py", *(f for d in CODE_PATHS[1:] for f in (root / d).rglob("*.py"))]
     h = hashlib.sha256()
-    for path in sorted(Path(root).glob("**/*.py")):
-        if ".venv" in path.parts or "tests" in path.parts:
-            continue
+    for path in sorted(files):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]

@@ -41,10 +41,16 @@ def window_at(step: int, steps: int, window: int, warmup: bool) -> int:
     return max(BLOCK, grown)
 
 
+def lr_at(step: int, cfg) -> float:
+    """The lr multiplier of a run's config at `step`."""
+    s = cfg.schedule
+    return lr_multiplier(step, s.steps, s.warmup_steps, s.cooldown_frac, s.final_lr_frac)
+
+
 def apply(optimizer, step: int, cfg) -> float:
     """Set lr (and the warming-up momentum) of every param group for `step`; returns the lr multiplier."""
-    s, o = cfg.schedule, cfg.optim
-    mult = lr_multiplier(step, s.steps, s.warmup_steps, s.cooldown_frac, s.final_lr_frac)
+    o = cfg.optim
+    mult = lr_at(step, cfg)
     warm = bool(o.momentum_warmup_steps) and o.momentum is not None and o.momentum_warmup_from is not None
     momentum = momentum_at(step, o.momentum_warmup_from, o.momentum, o.momentum_warmup_steps) if warm else None
     for group in optimizer.param_groups:
