@@ -14,9 +14,10 @@ file is never loaded fully into RAM.
 """
 
 import os
-import tempfile
 
 import numpy as np
+
+from training.atomic import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
@@ -33,25 +34,18 @@ class ShardError(ValueError):
 def write_shard(path, tokens):
     """Write ``tokens`` (1-D integers in [0, 65535]) as a shard at ``path``.
 
-    The file is written to a temporary name in the same directory and then moved
-    into place with ``os.replace``, so readers never see a half-written shard.
-    Parent directories are created as needed.
+    The file is written atomically (training/atomic.py), so readers never see a
+    half-written shard. Parent directories are created as needed.
     """
     tokens = _as_token_array(tokens)
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, len(tokens)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".bin")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.tobytes())
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; shards are shared data
-        os.replace(tmp_path, path)
-    except BaseException:
-        _remove_quietly(tmp_path)
-        raise
+
+    def write(f):
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
+
+    atomic_write(path, write)
 
 
 def _as_token_array(tokens):
@@ -70,14 +64,6 @@ def _as_token_array(tokens):
             f"token value {int(arr[index])} at position {index} is outside [0, {MAX_TOKEN}]"
         )
     return arr.astype(TOKEN_DTYPE)
-
-
-def _remove_quietly(path):
-    """Delete ``path`` if it exists."""
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def read_header(path):

@@ -15,11 +15,11 @@ loader runs on it.
 import glob
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from data.shard import ShardError, read_header, write_shard
+from training.atomic import atomic_write_json
 
 SUCCESSORS = 4
 MEAN_DOC_LEN = 300
@@ -146,16 +146,6 @@ def _is_up_to_date(out_dir, params):
         return False
 
 
-def _write_json_atomic(path, obj):
-    """Write ``obj`` as JSON to ``path`` through a temporary file and os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _remove_stale_shards(out_dir, keep):
     """Delete synthetic shards in ``out_dir`` that are not in ``keep``."""
     for path in glob.glob(os.path.join(out_dir, "synthetic_*.bin")):
@@ -197,5 +187,5 @@ def make_synthetic_shards(out_dir, *, vocab_size, eot_token, train_tokens, val_t
         rng = np.random.default_rng((seed, 1, index))
         write_shard(path, generate_tokens(chain, count, eot_token, rng))
     _remove_stale_shards(out_dir, planned)
-    _write_json_atomic(os.path.join(out_dir, MANIFEST), params)
+    atomic_write_json(os.path.join(out_dir, MANIFEST), params)
     return patterns

@@ -23,8 +23,10 @@ from model.attention import CausalSelfAttention, make_mask
 from model.embeddings import ValueEmbeddings
 from model.masks import document_ids
 from model.mlp import MLP
+from model.roles import ROLES
 
-ROLES = ("embed", "hidden", "head", "scalar")
+WINDOW_KINDS = ("L", "S")  # per block in model.window_pattern: 'L' attends over the window, 'S' over half of it
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # parameter dtypes (float64: numerical checks)
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -73,9 +75,9 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(self.n_skips)) if self.n_skips else None
         self.head = nn.Linear(width, vocab, bias=False)
         nn.init.zeros_(self.head.weight)
-        pattern = cfg.window_pattern or "L" * cfg.depth
-        self.window_halved = [c == "S" for c in pattern]
-        self.to(getattr(torch, cfg.dtype))
+        pattern = cfg.window_pattern or WINDOW_KINDS[0] * cfg.depth
+        self.window_halved = [c == WINDOW_KINDS[1] for c in pattern]
+        self.to(DTYPES[cfg.dtype])
 
     # ------------------------------------------------------------------------------------------
     def param_roles(self) -> dict[str, str]:
@@ -142,15 +144,24 @@ class GPT(nn.Module):
 
 
 def flops_per_token(cfg, seq_len: int, window: int = 0) -> float:
-    """Training FLOPs per token of the dense algorithm: 6 x (matmul parameters) for the weights,
-    plus 6 x 2 x (attended keys) x (heads * head_dim) per attention block for QK^T and AV,
-    with the causal (and window) structure counted: a query at position t attends min(t+1, w) keys."""
+    """Model FLOPs per training token (forward and backward, i.e. 3 x the forward's):
+
+        6 x (matmul parameters: the q/k/v/out and MLP weights of every block, and the head)
+      + 12 x (heads x head_dim) x keys_b    for each attention block b (QK^T and AV, 2 x 2 each),
+
+    where keys_b is the mean number of keys a query attends in block b: min(t + 1, w_b) averaged
+    over positions t < seq_len, w_b being `window` for 'L' blocks and window // 2 for 'S' blocks
+    (0: full causal). Embedding lookups, norms, activations and the loss are not counted, nor is
+    document masking (the attention kernel skips only whole blocks outside a document)."""
     inner = cfg.heads * cfg.head_dim
-    per_block_mlp = 2 * cfg.mlp_ratio * cfg.width * cfg.width
-    per_block_attn = 4 * inner * cfg.width
-    n_attn = cfg.depth - len(cfg.no_attention_layers)
-    matmul_params = cfg.depth * per_block_mlp + n_attn * per_block_attn + cfg.padded_vocab * cfg.width
-    w = window if window > 0 else seq_len
+    attention = [i for i in range(cfg.depth) if i not in set(cfg.no_attention_layers)]
+    matmul_params = cfg.depth * 2 * cfg.mlp_ratio * cfg.width**2 + len(attention) * 4 * inner * cfg.width
+    matmul_params += cfg.padded_vocab * cfg.width
+    pattern = cfg.window_pattern or WINDOW_KINDS[0] * cfg.depth
     t = torch.arange(seq_len, dtype=torch.float64)
-    mean_keys = torch.minimum(t + 1, torch.tensor(float(w))).mean().item()
-    return 6 * matmul_params + 12 * n_attn * inner * mean_keys
+
+    def mean_keys(w: int) -> float:
+        return torch.minimum(t + 1, torch.tensor(float(w if w > 0 else seq_len))).mean().item()
+
+    keys = sum(mean_keys(window // 2 if pattern[i] == WINDOW_KINDS[1] else window) for i in attention)
+    return 6 * matmul_params + 12 * inner * keys

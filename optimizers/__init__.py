@@ -1,11 +1,11 @@
-"""The optimizer library: orthogonalization, norms and their duality maps, Muon, Scion, Signum,
-and the builder that maps parameter roles to them (AdamW is torch's)."""
+"""The optimizer library: orthogonalization, norms and their duality maps, one module per optimizer
+(Muon, Scion, AdamW, Signum), and the registry that names them and builds one from parameter roles."""
 
-from optimizers.build import build_optimizer
 from optimizers.muon import Muon
 from optimizers.norms import NORMS
 from optimizers.orthogonalize import orthogonalize
+from optimizers.registry import OPTIMIZERS, build_optimizer
 from optimizers.scion import Scion
 from optimizers.signum import Signum
 
-__all__ = ["NORMS", "Muon", "Scion", "Signum", "build_optimizer", "orthogonalize"]
+__all__ = ["NORMS", "OPTIMIZERS", "Muon", "Scion", "Signum", "build_optimizer", "orthogonalize"]

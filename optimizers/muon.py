@@ -20,19 +20,62 @@ AdamW step instead, so one optimizer object, with one state_dict, trains the who
 
     m <- β1·m + (1 − β1)·g,   v <- β2·v + (1 − β2)·g²
     W <- (1 − lr·λ)·W − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε)
+
+Config: `[optim] name = "muon"`, settings in `[optim.muon]` (MuonConfig below: the defaults are the
+modded-nanogpt record of 2025-01-26, and the class takes its defaults from the same dataclass).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from optimizers.orthogonalize import orthogonalize
 from optimizers.sharded import ShardableOptimizer
+from optimizers.spec import (ADAMW, MomentumWarmup, OptimizerSettings, OptimizerSpec, Orthogonalizes, Role,
+                             check_choice, check_positive, check_range)
 
 SHAPE_SCALES = ("muon", "spectral", "adamw")
+LR = 0.05  # optim.lr: the hidden matrices' learning rate
+
+
+@dataclass(frozen=True)
+class MuonConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
+    """[optim.muon]. Hidden matrices: Muon at optim.lr; the other roles: the auxiliary AdamW."""
+
+    momentum: float = 0.95  # β
+    nesterov: bool = True
+    momentum_warmup_from: float | None = 0.85  # the momentum ramps linearly from this ...
+    momentum_warmup_steps: int = 300  # ... to `momentum` over these steps (0: no warm-up)
+    orthogonalize: str = "newton_schulz"  # a METHODS key (optimizers/orthogonalize.py)
+    ns_steps: int = 0  # iterations of the orthogonalization; 0 = the method's default
+    backend: str = "auto"  # auto (Triton on CUDA) | torch | triton
+    shape_scale: str = "muon"  # muon max(1,m/n)^.5 | spectral sqrt(m/n) | adamw .2 sqrt(max(m,n))
+    adam_betas: tuple[float, float] = (0.8, 0.95)  # the auxiliary AdamW's (β1, β2) ...
+    adam_eps: float = 1e-10  # ... and ε
+    embed: Role = Role(ADAMW, lr=0.6)
+    hidden: Role = Role("spectral")
+    head: Role = Role(ADAMW, lr=0.008)
+    scalar: Role = Role(ADAMW, lr=0.04)
+
+    role_norms = {"embed": (ADAMW,), "hidden": ("spectral",), "head": (ADAMW,), "scalar": (ADAMW,)}
+    role_rule = ("is not how Muon trains this role: hidden matrices in the spectral norm (orthogonalized "
+                 "updates), the other roles with its auxiliary AdamW (optim.name = 'scion' takes any norm per role)")
+
+    def check(self) -> None:
+        super().check()
+        self.check_momentum()
+        self.check_orthogonalization()
+        check_choice("shape_scale", self.shape_scale, SHAPE_SCALES)
+        for i, beta in enumerate(self.adam_betas):
+            check_range(f"adam_betas[{i}]", beta, 0.0, 1.0)
+        check_positive("adam_eps", self.adam_eps)
+
+
+_D = MuonConfig()
 
 
 def shape_scale(kind: str, d_out: int, d_in: int) -> float:
@@ -78,9 +121,10 @@ class Muon(ShardableOptimizer):
         betas, eps: the AdamW groups' (β1, β2) and ε
     """
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 weight_decay: float = 0.0, method: str = "newton_schulz", steps: int | None = None,
-                 backend: str = "auto", shape_scale: str = "muon", betas=(0.9, 0.95), eps: float = 1e-10):
+    def __init__(self, params, lr: float = LR, momentum: float = _D.momentum, nesterov: bool = _D.nesterov,
+                 weight_decay: float = 0.0, method: str = _D.orthogonalize, steps: int | None = None,
+                 backend: str = _D.backend, shape_scale: str = _D.shape_scale, betas=_D.adam_betas,
+                 eps: float = _D.adam_eps):
         defaults = dict(algorithm="muon", lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         method=method, steps=steps, backend=backend, shape_scale=shape_scale, betas=betas, eps=eps)
         super().__init__(params, defaults)
@@ -118,7 +162,6 @@ class Muon(ShardableOptimizer):
             p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(update.to(p.dtype), alpha=-group["lr"])
 
-    @torch.no_grad()
     def step_replicated(self) -> None:
         for group in self.param_groups:
             if not self.is_sharded(group):
@@ -126,3 +169,19 @@ class Muon(ShardableOptimizer):
                     if p.grad is not None:
                         adamw_step(p, p.grad, self.state[p], group["lr"], group["betas"], group["eps"],
                                    group["weight_decay"])
+
+
+def build(groups: list[dict], s: MuonConfig, device: torch.device) -> Muon:
+    """One group per role: the "spectral" role (hidden) is Muon's, the "adamw" ones its AdamW's."""
+    for g in groups:
+        g["algorithm"] = "muon" if g.pop("norm") == "spectral" else "adamw"
+        g.pop("scale")
+    return Muon(groups, momentum=s.momentum, nesterov=s.nesterov, method=s.orthogonalize, steps=s.ns_steps or None,
+                backend=s.backend, shape_scale=s.shape_scale, betas=tuple(s.adam_betas), eps=s.adam_eps)
+
+
+SPEC = OptimizerSpec(
+    name="muon", lr=LR, settings=MuonConfig, build=build,
+    about="Muon: momentum, then Newton-Schulz orthogonalization (spectral norm) for hidden matrices; "
+          "AdamW for the rest",
+)

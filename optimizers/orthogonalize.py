@@ -22,14 +22,20 @@ The methods differ only in the coefficients (a, b, c) of each step:
 
 The iteration runs in `dtype`: bfloat16 on CUDA and float32 elsewhere (float64 for float64 inputs)
 unless the caller chooses.
-`backend` picks the implementation of the iteration: "torch" (matmuls), "triton" (the symmetric
-kernels in optimizers/newton_schulz_triton.py) or "auto" (Triton on CUDA when available).
+`backend` picks the implementation of the iteration, here and nowhere else (`iterate`): "torch"
+(matmuls), "triton" (the symmetric kernels of optimizers/newton_schulz_triton.py, which knows
+kernels only) or "auto": Triton for CUDA tensors, torch elsewhere; if Triton is missing or a kernel
+fails, "auto" falls back to torch for the rest of the process, with one warning saying why.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
+
+from optimizers import newton_schulz_triton as triton_kernels  # imports Triton itself only on first use
 
 MUON_QUINTIC = (3.4445, -4.7750, 2.0315)
 CUBIC = (1.5, -0.5, 0.0)
@@ -73,12 +79,37 @@ def polynomial_iteration_torch(X: Tensor, coeffs) -> Tensor:
     return X.reshape(shape)
 
 
-def _iterate(X: Tensor, coeffs, backend: str) -> Tensor:
-    if backend == "torch" or (backend == "auto" and not X.is_cuda):
-        return polynomial_iteration_torch(X, coeffs)
-    from optimizers.newton_schulz_triton import polynomial_iteration_auto
+_fallback_reason: str | None = None  # set when the Triton path failed once: "auto" then uses torch for good
 
-    return polynomial_iteration_auto(X, coeffs, backend=backend)
+
+def _triton_device(X: Tensor) -> bool:
+    """Whether "auto" runs X on the Triton kernels: CUDA tensors only (the interpreter is for tests)."""
+    return X.is_cuda
+
+
+def iterate(X: Tensor, coeffs, backend: str = "auto") -> Tensor:
+    """The polynomial iteration on X (..., m, n), m <= n, spectral norm <= 1, on the chosen backend:
+    "torch"; "triton" (raises when Triton cannot run here); or "auto" (Triton for CUDA tensors,
+    falling back to torch once, with a warning, if Triton is missing or a kernel fails)."""
+    global _fallback_reason
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "torch" or (backend == "auto" and (not _triton_device(X) or _fallback_reason is not None)):
+        return polynomial_iteration_torch(X, coeffs)
+    ok, why = triton_kernels.triton_available()
+    if backend == "triton":
+        if not ok:
+            raise RuntimeError(f"backend='triton' was requested but Triton cannot run here: {why}")
+        return triton_kernels.polynomial_iteration(X, coeffs)
+    if ok:
+        try:
+            return triton_kernels.polynomial_iteration(X, coeffs)
+        except Exception as e:  # compile or launch failure: never leave the caller without an answer
+            why = f"the Triton kernels failed ({type(e).__name__}: {e})"
+    _fallback_reason = why
+    warnings.warn(f"Newton-Schulz: using the torch implementation instead of the Triton kernels from now on: {why}",
+                  RuntimeWarning, stacklevel=2)
+    return polynomial_iteration_torch(X, coeffs)
 
 
 def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int | None = None, *,
@@ -101,7 +132,7 @@ def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int | None = 
     if method == "polar_express":
         norm = norm * POLAR_EXPRESS_SAFETY
     X = (X / (norm + eps)).contiguous()
-    X = _iterate(X, coeffs, backend).reshape(*batch_shape, m, n)
+    X = iterate(X, coeffs, backend).reshape(*batch_shape, m, n)
     X = X.mT if tall else X
     return X.to(G.dtype)
 

@@ -17,16 +17,65 @@ light=True is the memory-light variant: the momentum lives in p.grad itself, so 
 keeps no buffer of its own. After each step p.grad <- β·p.grad, and the next backward adds the
 new gradient: p.grad = β·d + g, which is the average d/(1 − β) up to a constant factor that no
 LMO can see (every direction is scale invariant). The trainer must not zero these gradients
-(the attribute `grads_hold_state` says so); if it does, the momentum is restored from state.
+(`holds_state_in_grad(group)` says which); if it does, the momentum is restored from state.
+
+Config: `[optim] name = "scion"`, settings in `[optim.scion]` (ScionConfig below: the defaults are
+the paper's nanoGPT setting, and the class takes its defaults from the same dataclass).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from model.roles import ROLES
 from optimizers.norms import NORMS
+
 from optimizers.sharded import ShardableOptimizer
+from optimizers.spec import MomentumWarmup, OptimizerSettings, OptimizerSpec, OptionError, Orthogonalizes, Role
+
+LR = 2.0**-12  # optim.lr: every role's step size γ
+
+
+@dataclass(frozen=True)
+class ScionConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
+    """[optim.scion]. The paper's nanoGPT setting (Pethick et al. 2025; their README): Sign -> Spectral
+    -> Sign, radius 50, head radius 50 x 60 = 3000 with Sign normalized by fan-in, lr 2^-12, momentum
+    alpha = 0.1 (beta = 0.9), constrained. Their model ties the embedding to the head, so the
+    embedding saw per-entry radius 3000/768; ours is untied and keeps that per-entry radius with the
+    plain (one-hot input) Sign norm. Scalars (absent from their model) get Sign with radius 1."""
+
+    momentum: float = 0.9  # β (the paper's α is 1 − β)
+    momentum_warmup_from: float | None = None
+    momentum_warmup_steps: int = 0
+    constrained: bool = True  # SCG (stay in the norm ball) or uSCG
+    light: bool = False  # keep the momentum in p.grad (no optimizer buffer)
+    scion_init: bool = False  # re-initialize every parameter on its norm's sphere x radius
+    orthogonalize: str = "newton_schulz"  # the spectral norm's orthogonalization (a METHODS key)
+    ns_steps: int = 0  # 0 = the method's default
+    backend: str = "auto"
+    embed: Role = Role("sign", scale=3000.0 / 768)
+    hidden: Role = Role("spectral", scale=50.0)
+    head: Role = Role("sign_fanin", scale=3000.0)
+    scalar: Role = Role("sign", scale=1.0)
+
+    role_norms = {role: tuple(NORMS) for role in ROLES}
+    role_rule = "is not a norm: Scion trains every role with a norm's LMO, and AdamW has none"
+
+    def check(self) -> None:
+        super().check()
+        self.check_momentum()
+        self.check_orthogonalization()
+        for name, role in self.roles().items():
+            if self.constrained and role.weight_decay:
+                raise OptionError(f"{name}.weight_decay", "constrained Scion (SCG) has no separate weight decay; its "
+                                  "(1 - lr) shrinkage is the decay. Set optim.scion.constrained = false for uSCG with "
+                                  "weight decay")
+
+
+_D = ScionConfig()
 
 
 class Scion(ShardableOptimizer):
@@ -35,9 +84,10 @@ class Scion(ShardableOptimizer):
         transposed, method/steps/backend (orthogonalization of the spectral norm), light.
     """
 
-    def __init__(self, params, lr: float = 2**-12, momentum: float = 0.9, norm: str = "spectral",
-                 scale: float = 1.0, constrained: bool = True, weight_decay: float = 0.0, transposed: bool = False,
-                 method: str = "newton_schulz", steps: int | None = None, backend: str = "auto", light: bool = False):
+    def __init__(self, params, lr: float = LR, momentum: float = _D.momentum, norm: str = "spectral",
+                 scale: float = 1.0, constrained: bool = _D.constrained, weight_decay: float = 0.0,
+                 transposed: bool = False, method: str = _D.orthogonalize, steps: int | None = None,
+                 backend: str = _D.backend, light: bool = _D.light):
         defaults = dict(lr=lr, momentum=momentum, norm=norm, scale=scale, constrained=constrained,
                         weight_decay=weight_decay, transposed=transposed, method=method, steps=steps,
                         backend=backend, light=light)
@@ -52,7 +102,11 @@ class Scion(ShardableOptimizer):
                                      f"needs a vector norm (rms, sign, euclidean)")
             if group["constrained"] and group["weight_decay"]:
                 raise ValueError("constrained Scion (SCG) has no separate weight decay: its (1 - lr) factor is one")
-        self.grads_hold_state = any(g["light"] for g in self.param_groups)
+
+    @staticmethod
+    def holds_state_in_grad(group: dict) -> bool:
+        """The light variant's groups keep their momentum in p.grad."""
+        return group["light"]
 
     def direction(self, group: dict, d: Tensor) -> Tensor:
         """The unit steepest direction of d under the group's norm, in the parameter's layout."""
@@ -87,7 +141,6 @@ class Scion(ShardableOptimizer):
             p.mul_(1 - shrink)
         p.add_(direction.to(p.dtype), alpha=-lr * group["scale"])
 
-    @torch.no_grad()
     def step_replicated(self) -> None:
         for group in self.param_groups:
             if not self.is_sharded(group):
@@ -131,3 +184,22 @@ class Scion(ShardableOptimizer):
                 w = torch.empty_like(p.mT if group["transposed"] else p, memory_format=torch.contiguous_format)
                 norm.init_(w)
                 p.copy_(w.mT if group["transposed"] else w).mul_(group["scale"])
+
+
+def build(groups: list[dict], s: ScionConfig, device: torch.device) -> Scion:
+    """One group per role, each with its norm and radius; embedding tables are (vocab, dim): maps
+    from one-hot vectors, handed to their norm transposed."""
+    for g in groups:
+        g["transposed"] = g["role"] == "embed"
+    opt = Scion(groups, momentum=s.momentum, constrained=s.constrained, method=s.orthogonalize,
+                steps=s.ns_steps or None, backend=s.backend, light=s.light)
+    if s.scion_init:
+        opt.init_parameters()
+    return opt
+
+
+SPEC = OptimizerSpec(
+    name="scion", lr=LR, settings=ScionConfig, build=build,
+    about="Scion: every role a conditional-gradient step with its norm's LMO (Sign -> Spectral -> Sign), "
+          "constrained (SCG) or not (uSCG)",
+)

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from optimizers.base import Optimizer
+
 
 def same_shape_batches(params: list[Tensor]) -> list[list[Tensor]]:
     """The params that have gradients, grouped by shape (each group is orthogonalized as one batch)."""
@@ -35,7 +37,7 @@ def same_shape_batches(params: list[Tensor]) -> list[list[Tensor]]:
     return list(by_shape.values())
 
 
-class ShardableOptimizer(torch.optim.Optimizer):
+class ShardableOptimizer(Optimizer):
     """An optimizer whose step splits into the three parts `sharded_step` distributes:
 
         updates(group, params, grads)   momentum + direction of same-shape matrices (owner rank only)
@@ -59,17 +61,11 @@ class ShardableOptimizer(torch.optim.Optimizer):
     def step_replicated(self) -> None:
         raise NotImplementedError
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def update(self) -> None:
         for group in self.param_groups:
             if self.is_sharded(group):
                 self.step_group(group)
         self.step_replicated()
-        return loss
 
     def step_group(self, group: dict) -> None:
         """`updates` then `apply_update` for every param of the group, one batch per shape."""

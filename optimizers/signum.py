@@ -5,23 +5,51 @@
 
 With β = 0 this is sign descent, which is what Adam becomes without its moving averages
 (β1 = β2 = 0, ε → 0): m/√v = g/|g| = sign(g).
+
+Config: `[optim] name = "signum"`, settings in `[optim.signum]` (SignumConfig: an untuned baseline).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from model.roles import ROLES
+from optimizers.base import Optimizer
+from optimizers.spec import MomentumWarmup, OptimizerSettings, OptimizerSpec, Role
 
-class Signum(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0):
+LR = 0.001  # optim.lr: the hidden matrices' learning rate
+
+
+@dataclass(frozen=True)
+class SignumConfig(MomentumWarmup, OptimizerSettings):
+    """[optim.signum]: sign descent with momentum for every role (learning rates untuned)."""
+
+    momentum: float = 0.9
+    momentum_warmup_from: float | None = None
+    momentum_warmup_steps: int = 0
+    embed: Role = Role("sign", lr=0.01)
+    hidden: Role = Role("sign")
+    head: Role = Role("sign", lr=0.001)
+    scalar: Role = Role("sign", lr=0.01)
+
+    role_norms = {role: ("sign",) for role in ROLES}
+    role_rule = "is not the sign norm: optim.name = 'signum' is sign descent for every role"
+
+    def check(self) -> None:
+        super().check()
+        self.check_momentum()
+
+
+_D = SignumConfig()
+
+
+class Signum(Optimizer):
+    def __init__(self, params, lr: float = LR, momentum: float = _D.momentum, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def update(self) -> None:
         for group in self.param_groups:
             lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -34,4 +62,15 @@ class Signum(torch.optim.Optimizer):
                 if wd:
                     p.mul_(1 - lr * wd)
                 p.add_(torch.sign(m), alpha=-lr)
-        return loss
+
+
+def build(groups: list[dict], s: SignumConfig, device: torch.device) -> Signum:
+    for g in groups:
+        del g["norm"], g["scale"]
+    return Signum(groups, momentum=s.momentum)
+
+
+SPEC = OptimizerSpec(
+    name="signum", lr=LR, settings=SignumConfig, build=build,
+    about="Signum: sign descent with momentum for every role (steepest descent in the ℓ∞ / max-of-max norm)",
+)

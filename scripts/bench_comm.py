@@ -36,12 +36,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from training.atomic import atomic_write_json  # noqa: E402
+
 VARIANTS = [dict(overlap=o, shard=s) for o in (True, False) for s in (True, False)]
 
 
 def worker(args, overrides) -> None:
-    import train_gpt
     from scripts.bench_step import random_shards
+    from training.run_data import prepare_data
+    from training.trainer import Trainer
     from training.config import load_config, validate
     from training.distributed import env_world_size, init_distributed, shutdown
     from training.hardware import device_name, synchronize
@@ -62,8 +65,9 @@ def worker(args, overrides) -> None:
             barrier(info)
             files = broadcast_object(files, info)
         else:
-            files, _ = train_gpt.prepare_data(cfg, info, lambda *_: None)
-        trainer = train_gpt.build_trainer(cfg, info, files)
+            files, _ = prepare_data(cfg, info, lambda *_: None)
+        trainer = Trainer(cfg, info)
+        trainer.build(files)
         at = cfg.schedule.steps // 2
         rows = []
         for i in range(args.warmup + args.steps):
@@ -86,7 +90,7 @@ def worker(args, overrides) -> None:
                       overlap=cfg.distributed.overlap, shard_optimizer=cfg.distributed.shard_optimizer,
                       step_ms=fb + opt, forward_backward_ms=fb, optimizer_ms=opt, comm_wait_ms=wait,
                       optimizer_fraction=opt / (fb + opt), orthogonalized_by_rank0=trainer.orthogonalized)
-        Path(args.worker_out).write_text(json.dumps(result))
+        atomic_write_json(args.worker_out, result)
     shutdown()
 
 
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         notes.append({"note": "one device: nothing to reduce, shard or hide; only the single-process step is measured"})
     out = {"config": args.config, "overrides": overrides, "torch_version": torch.__version__,
            "gpus": gpus, "results": results, "summary": notes}
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(args.out, out)
     for n in notes:
         print(json.dumps({k: (round(x, 3) if isinstance(x, float) else x) for k, x in n.items()}))
     print(f"wrote {args.out}")

@@ -1,4 +1,4 @@
-"""Time a full 5-step quintic orthogonalization (normalize + iterations) three ways and write JSON.
+"""Time a full 5-step quintic orthogonalization (normalize + iterations) several ways and write JSON.
 
     python scripts/bench_newton_schulz.py --out bench_newton_schulz.json          # on a GPU, bf16
     TRITON_INTERPRET=1 python scripts/bench_newton_schulz.py --quick              # smoke test on CPU
@@ -6,8 +6,7 @@
 Variants: "torch" (plain matmuls and elementwise ops: A = X@Xᵀ, B = b·A + c·(A@A), X = a·X + B@X),
 "torch_baddbmm" (the library's torch path, optimizers/orthogonalize.py: the elementwise terms fused
 into torch.baddbmm), "compiled" (torch.compile of the library's torch path), "triton" (the symmetric
-Triton kernels of optimizers/newton_schulz_triton.py, third product on torch.baddbmm) and
-"triton_gemm" (the same with the Triton kernel for the third product, to decide between the two).
+Triton kernels of optimizers/newton_schulz_triton.py, third product on torch.baddbmm).
 Every variant gets its input as the library prepares it (tall matrices transposed, normalized,
 contiguous). Shapes are the 124M model's hidden matrices as the optimizer batches them, (48, 768, 768),
 (12, 768, 3072) and (12, 3072, 768) (tall: transposed to 768×3072 inside), and square widths 1024
@@ -21,7 +20,6 @@ only under TRITON_INTERPRET=1 (and are slow); use --quick there.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optimizers.newton_schulz_triton import polynomial_iteration, triton_available  # noqa: E402
 from optimizers.orthogonalize import coefficients, polynomial_iteration_torch  # noqa: E402
-
+from training.atomic import atomic_write_json  # noqa: E402
 SHAPES = [(48, 768, 768), (12, 768, 3072), (12, 3072, 768), (1, 1024, 1024), (1, 2048, 2048), (1, 4096, 4096),
           (1, 8192, 8192)]
 QUICK_SHAPES = [(2, 32, 32), (2, 32, 64), (2, 64, 32)]
-VARIANTS = ("torch", "torch_baddbmm", "compiled", "triton", "triton_gemm")
+VARIANTS = ("torch", "torch_baddbmm", "compiled", "triton")
 BASELINES = ("torch", "torch_baddbmm", "compiled")
 
 
@@ -70,13 +68,6 @@ def orthogonalize_torch_baddbmm(G, steps):
 
 def orthogonalize_triton(G, steps):
     return orthogonalize(G, polynomial_iteration, steps)
-
-
-def orthogonalize_triton_gemm(G, steps):
-    def iterate(X, coefficients):
-        return polynomial_iteration(X, coefficients, third_product="triton")
-
-    return orthogonalize(G, iterate, steps)
 
 
 def dense_flops(shape: tuple[int, int, int], steps: int) -> int:
@@ -117,7 +108,6 @@ def variant_functions(variants: list[str], compile_mode: str | None) -> dict:
         "torch_baddbmm": orthogonalize_torch_baddbmm,
         "compiled": torch.compile(orthogonalize_torch_baddbmm, dynamic=False, mode=compile_mode),
         "triton": orthogonalize_triton,
-        "triton_gemm": orthogonalize_triton_gemm,
     }
     return {v: table[v] for v in variants}
 
@@ -213,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"{result['device']}, {result['dtype']}, {args.steps} quintic steps, median of {repeats}")
     print_table(rows, variants)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
     return result
 

@@ -15,7 +15,6 @@ step / (forward+backward). Single device: the distributed issue divides the opti
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import GPT  # noqa: E402
 from optimizers import build_optimizer  # noqa: E402
+from training.atomic import atomic_write_json  # noqa: E402
 from training.config import load_config  # noqa: E402
-from train_gpt import autocast  # noqa: E402
 from training.distributed import resolve_device  # noqa: E402
 from training.hardware import device_name, synchronize  # noqa: E402
+from training.trainer import autocast  # noqa: E402
 
 
 def timed(fn, device, warmup: int, repeat: int) -> float:
@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> dict:
         ocfg = load_config(args.config, [*overrides, f"--optim.name={name}"]).optim
         opt = build_optimizer(model.params_by_role(), ocfg, device)
 
-        def step():
+        def step(opt=opt):
             for p, g in grads.items():
                 p.grad = g
             opt.step()
 
         ms = timed(step, device, args.warmup, args.repeat)
         results[name] = {"step_ms": ms, "ratio_to_fwd_bwd": ms / fb_ms,
-                         "orthogonalize": ocfg.orthogonalize if name in ("muon", "scion") else None}
+                         "orthogonalize": getattr(ocfg.settings, "orthogonalize", None)}
         print(f"{name:8s} step {ms:9.2f} ms   {100 * ms / fb_ms:6.1f}% of forward+backward", flush=True)
         del opt
     out = {
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         "forward_backward_ms": fb_ms,
         "optimizers": results,
     }
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(args.out, out)
     print(f"forward+backward {fb_ms:.2f} ms on {seq_len} tokens ({out['device']}); wrote {args.out}")
     return out
 

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training.atomic import atomic_write_text  # noqa: E402
 RECORDS = REPO / "records"
 RUN_FILES = ("config.toml", "log.txt", "metrics.jsonl", "summary.json")
 RECORD_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(.+)$")
@@ -271,7 +274,7 @@ def render_table(root: Path = RECORDS) -> str:
 def write_table(root: Path = RECORDS) -> Path:
     path = Path(root) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_table(root))
+    atomic_write_text(path, render_table(root))
     return path
 
 

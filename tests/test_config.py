@@ -2,14 +2,16 @@ import dataclasses
 
 import pytest
 
+from optimizers.muon import MuonConfig
+from optimizers.scion import ScionConfig
 from training.config import (
     Config,
     ConfigError,
+    Override,
     grad_accum_steps,
     load_config,
     parse_overrides,
     replace,
-    resolve_optim_defaults,
     to_toml,
     validate,
 )
@@ -29,10 +31,15 @@ def test_shipped_configs_load_and_validate():
 
 
 def test_overrides_parse_types_and_forms():
-    tree = parse_overrides(["--optim.lr=0.02", "--model.depth", "6", "--optim.name=adamw",
-                            "--model.no_attention_layers=[1, 2]", "--data.align_to_docs=true", "--log.dir='x y'"])
-    assert tree == {"optim": {"lr": 0.02, "name": "adamw"}, "model": {"depth": 6, "no_attention_layers": [1, 2]},
-                    "data": {"align_to_docs": True}, "log": {"dir": "x y"}}
+    args = ["--optim.lr=0.02", "--model.depth", "6", "--optim.name=adamw", "--model.no_attention_layers=[1, 2]",
+            "--data.align_to_docs=true", "--log.dir='x y'"]
+    tree = parse_overrides(args)
+    assert tree == {"optim": {"lr": "0.02", "name": "adamw"}, "model": {"depth": "6", "no_attention_layers": "[1, 2]"},
+                    "data": {"align_to_docs": "true"}, "log": {"dir": "'x y'"}}
+    assert isinstance(tree["optim"]["lr"], Override)  # typed by the field it sets, when the config is built
+    cfg = load_config(None, args)
+    assert (cfg.optim.lr, cfg.optim.name, cfg.model.depth, cfg.model.no_attention_layers) == (0.02, "adamw", 6, (1, 2))
+    assert cfg.data.align_to_docs is True and cfg.log.dir == "x y"
     cfg = load_config(SPEEDRUN, ["--optim.lr=0.02", "--model.depth=6", "--model.no_attention_layers=[1]",
                                  "--model.window_pattern=LSSSLS"])
     assert cfg.optim.lr == 0.02 and cfg.model.depth == 6 and cfg.model.no_attention_layers == (1,)
@@ -44,18 +51,23 @@ def test_overrides_parse_types_and_forms():
 
 def test_defaults_without_file_and_frozen():
     cfg = load_config(None)
-    assert cfg == resolve_optim_defaults(Config())
+    assert cfg == Config() and cfg.optim.settings == MuonConfig() and cfg.optim.lr == 0.05
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
 
 
-def test_unknown_keys_name_the_closest_valid_key():
-    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'.*did you mean 'optim.lr'"):
-        load_config(SPEEDRUN, ["--optim.lrr=0.1"])
-    with pytest.raises(ConfigError, match=r"unknown config key 'modle'.*did you mean 'model'"):
-        load_config(None, ["--modle.width=3"])
-    with pytest.raises(ConfigError, match=r"model.widht.*did you mean 'model.width'"):
-        load_config(None, ["--model.widht=3"])
+@pytest.mark.parametrize("override, pattern", [
+    ("--optim.lrr=0.1", r"unknown config key 'optim.lrr'.*did you mean 'optim.lr'"),
+    ("--modle.width=3", r"unknown config key 'modle'.*did you mean 'model'"),
+    ("--model.widht=3", r"model.widht.*did you mean 'model.width'"),
+    ("--model.width=wide", r"model.width: expected int"),
+    ("--model.compile=1", r"model.compile: expected bool"),
+    ("--optim.muon.adam_betas=[0.9]", r"optim.muon.adam_betas: expected a list"),
+    ("--model=3", r"expected a \[model\] table"),
+])
+def test_bad_overrides_name_the_key(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(SPEEDRUN, [override])
 
 
 def test_unknown_key_in_toml_file(tmp_path):
@@ -65,15 +77,7 @@ def test_unknown_key_in_toml_file(tmp_path):
         load_config(p)
 
 
-def test_type_errors_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"model.width: expected int"):
-        load_config(None, ["--model.width=wide"])
-    with pytest.raises(ConfigError, match=r"model.compile: expected bool"):
-        load_config(None, ["--model.compile=1"])
-    with pytest.raises(ConfigError, match=r"optim.adam_betas: expected a list"):
-        load_config(None, ["--optim.adam_betas=[0.9]"])
-    with pytest.raises(ConfigError, match=r"expected a \[model\] table"):
-        load_config(None, ["--model=3"])
+def test_bad_files_name_the_problem(tmp_path):
     p = tmp_path / "broken.toml"
     p.write_text("[model\n")
     with pytest.raises(ConfigError, match="invalid TOML"):
@@ -92,21 +96,26 @@ def test_override_syntax_errors():
 @pytest.mark.parametrize(
     "overrides, world, pattern",
     [
-        (["--model.width=100", "--model.heads=3"], 1, r"model.width \(100\) is not divisible by model.heads \(3\)"),
         (["--data.batch_tokens=1000"], 1, r"data.batch_tokens \(1000\) must be a positive multiple"),
         ([], 3, r"data.batch_tokens .* world size \(3\)"),
         (["--eval.tokens=1000"], 1, r"eval.tokens \(1000\)"),
         (["--optim.name=muonn"], 1, r"optim.name = 'muonn'.*did you mean 'muon'"),
-        (["--optim.name=scion", "--optim.scalar.norm=spectral"], 1, r"optim.scalar.norm = 'spectral' needs matrices"),
-        (["--optim.name=scion", "--optim.embed.norm=adamw"], 1, r"Scion trains every role with a norm's LMO"),
-        (["--optim.name=scion", "--optim.hidden.weight_decay=0.1"], 1, r"constrained Scion \(SCG\) has no separate"),
-        (["--optim.hidden.norm=sign"], 1, r"Muon trains hidden matrices in the spectral norm"),
-        (["--optim.embed.norm=sign"], 1, r"must be 'adamw'"),
-        (["--optim.name=adamw", "--optim.hidden.norm=spectral"], 1, r"trains every role with AdamW"),
-        (["--optim.name=scion", "--optim.hidden.norm=spectrall"], 1, r"did you mean 'spectral'"),
-        (["--optim.orthogonalize=qr"], 1, r"optim.orthogonalize"),
-        (["--optim.light=true"], 1, r"Scion option"),
-        (["--optim.name=scion", "--optim.head.scale=0"], 1, r"optim.head.scale must be positive"),
+        (["--optim.name=scion", "--optim.scion.scalar.norm=spectral"], 1,
+         r"optim.scion.scalar.norm: 'spectral' needs matrices"),
+        (["--optim.name=scion", "--optim.scion.embed.norm=adamw"], 1, r"Scion trains every role with a norm's LMO"),
+        (["--optim.name=scion", "--optim.scion.hidden.weight_decay=0.1"], 1,
+         r"constrained Scion \(SCG\) has no separate"),
+        (["--optim.muon.hidden.norm=sign"], 1, r"hidden matrices in the spectral norm"),
+        (["--optim.muon.embed.norm=sign"], 1, r"optim.muon.embed.norm: 'sign' is not how Muon trains this role"),
+        (["--optim.name=adamw", "--optim.adamw.hidden.norm=spectral"], 1, r"trains every role with AdamW"),
+        (["--optim.name=scion", "--optim.scion.hidden.norm=spectrall"], 1, r"did you mean 'spectral'"),
+        (["--optim.muon.orthogonalize=qr"], 1, r"optim.muon.orthogonalize"),
+        (["--optim.light=true"], 1, r"unknown config key 'optim.light'.*did you mean"),
+        (["--optim.muon.light=true"], 1, r"unknown config key 'optim.muon.light'"),
+        (["--optim.name=scion", "--optim.scion.head.scale=0"], 1, r"optim.scion.head.scale: must be a positive"),
+        (["--optim.lr=inf"], 1, r"optim.lr must be a finite number"),
+        (["--optim.muon.embed.lr=nan"], 1, r"optim.muon.embed.lr must be a finite number"),
+        (["--optim.name=scion", "--optim.scion.momentum_warmup_steps=10"], 1, r"needs momentum_warmup_from"),
         (["--model.attention=flash"], 1, r"model.attention"),
         (["--device=gpu"], 1, r"device = 'gpu'"),
         (["--model.value_embeds=7"], 1, r"model.value_embeds \(7\) needs model.depth >= 14"),
@@ -118,14 +127,13 @@ def test_override_syntax_errors():
         (["--model.seq_len=1000", "--model.attention=flex", "--data.batch_tokens=8000", "--eval.seq_len=1000",
           "--eval.tokens=8000"], 1, r"multiples of the 128-token block"),
         (["--log.every=0"], 1, r"log.every must be positive"),
-        (["--optim.momentum=1.0"], 1, r"optim.momentum"),
+        (["--optim.muon.momentum=1.0"], 1, r"optim.muon.momentum"),
         (["--model.head_dim=63"], 1, r"head_dim .* even"),
     ],
 )
 def test_impossible_combinations_fail_before_compute(overrides, world, pattern):
-    cfg = load_config(SPEEDRUN, overrides)
     with pytest.raises(ConfigError, match=pattern):
-        validate(cfg, world)
+        validate(load_config(SPEEDRUN, overrides), world)
 
 
 def test_to_toml_round_trip(tmp_path):
@@ -138,26 +146,63 @@ def test_to_toml_round_trip(tmp_path):
 def test_replace_changes_only_named_fields():
     cfg = load_config(SPEEDRUN)
     new = replace(cfg, optim={"lr": 0.1}, seed=5)
-    assert new.optim.lr == 0.1 and new.seed == 5 and new.optim.momentum == cfg.optim.momentum
+    assert new.optim.lr == 0.1 and new.seed == 5 and new.optim.settings == cfg.optim.settings
     assert cfg.optim.lr == 0.05
 
 
 def test_optimizer_defaults_fill_unset_values_per_optimizer():
-    muon = load_config(SPEEDRUN)
-    assert muon.optim.hidden.norm == "spectral" and muon.optim.embed.norm == "adamw" and muon.optim.embed.lr == 0.6
-    assert muon.optim.hidden.lr is None  # follows optim.lr
-    scion = load_config(SPEEDRUN, ["--optim.name=scion", "--optim.lr=0.001", "--optim.momentum=0.9",
-                                   "--optim.momentum_warmup_steps=0", "--optim.embed.lr=0.5"])
+    muon = load_config(SPEEDRUN).optim
+    assert muon.settings.hidden.norm == "spectral" and muon.settings.embed.norm == "adamw"
+    assert muon.settings.embed.lr == 0.6 and muon.role_lr("embed") == 0.6
+    assert muon.settings.hidden.lr is None and muon.role_lr("hidden") == muon.lr == 0.05  # follows optim.lr
+    scion = load_config(SPEEDRUN, ["--optim.name=scion", "--optim.lr=0.001", "--optim.scion.embed.lr=0.5"])
     validate(scion, 8)
     o = scion.optim
-    assert (o.embed.norm, o.hidden.norm, o.head.norm) == ("sign", "spectral", "sign_fanin")
-    assert (o.hidden.scale, o.head.scale) == (50.0, 3000.0) and o.constrained
-    assert o.embed.lr == 0.5 and o.hidden.lr is None and o.lr == 0.001
-    # the speedrun config's Muon settings carried over explicitly; unset Scion ones come from defaults
+    assert (o.settings.embed.norm, o.settings.hidden.norm, o.settings.head.norm) == ("sign", "spectral", "sign_fanin")
+    assert (o.settings.hidden.scale, o.settings.head.scale) == (50.0, 3000.0) and o.settings.constrained
+    assert o.role_lr("embed") == 0.5 and o.role_lr("hidden") == 0.001 == o.lr
     plain = load_config(None, ["--optim.name=scion"])
-    assert plain.optim.lr == 2**-12 and plain.optim.momentum == 0.9
+    assert plain.optim.lr == 2**-12 and plain.optim.settings == ScionConfig()
     for name in ["adamw", "signum"]:
         validate(load_config(None, [f"--optim.name={name}"]), 1)
+
+
+def test_only_the_chosen_optimizers_table_counts_but_every_table_is_checked(tmp_path):
+    """A base config for Muon and a variant for Scion: switching optim.name leaves [optim.muon] behind;
+    a typo in a table of another optimizer still fails."""
+    cfg = load_config("configs/smoke_scion.toml")
+    assert cfg.optim.name == "scion" and cfg.optim.settings.hidden.scale == 10.0
+    assert load_config("configs/smoke.toml").optim.settings.momentum_warmup_steps == 50
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.scion.momentm'.*did you mean 'optim.scion.momentum'"):
+        load_config("configs/smoke.toml", ["--optim.scion.momentm=0.5"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.momentum'.*did you mean 'optim.muon.momentum'"):
+        load_config("configs/smoke.toml", ["--optim.momentum=0.5"])
+    with pytest.raises(ConfigError, match=r"optim.muon: expected a \[optim.muon\] table"):
+        load_config(None, ["--optim.muon=3"])
+
+
+def test_overrides_take_the_type_of_their_field():
+    for run_id in ["nan", "1e3", "true", "inf", "007"]:
+        assert load_config(None, [f"--log.run_id={run_id}"]).log.run_id == run_id
+    assert load_config(None, ['--log.run_id="quoted"']).log.run_id == "quoted"
+    assert load_config(None, ["--schedule.steps=1e3"]).schedule.steps == 1000
+    assert load_config(None, ["--optim.muon.nesterov=false"]).optim.settings.nesterov is False
+
+
+def test_class_defaults_are_the_config_defaults():
+    """One source for each number: the optimizer classes take their defaults from the settings."""
+    import inspect
+
+    from optimizers import Muon, Scion
+    from optimizers.muon import LR as MUON_LR
+    from optimizers.scion import LR as SCION_LR
+
+    m, s = inspect.signature(Muon).parameters, inspect.signature(Scion).parameters
+    d, e = MuonConfig(), ScionConfig()
+    assert (m["lr"].default, m["momentum"].default, m["nesterov"].default, m["betas"].default, m["eps"].default) == (
+        MUON_LR, d.momentum, d.nesterov, d.adam_betas, d.adam_eps)
+    assert (s["lr"].default, s["momentum"].default, s["constrained"].default) == (SCION_LR, e.momentum, e.constrained)
+    assert load_config(None).optim.lr == MUON_LR
 
 
 def test_base_config_is_read_first(tmp_path):

@@ -97,12 +97,13 @@ def test_ranks_with_different_configs_fail_with_a_message(tmp_path):
 
 def test_a_stalled_rank_times_out_with_a_message_instead_of_hanging(tmp_path):
     body = textwrap.dedent("""
-        real = train_gpt.check_same_everywhere
+        from training import distributed
+        real = distributed.check_same_everywhere
         def stall(*a, **k):
             if rank == 1:
                 time.sleep(15)
             return real(*a, **k)
-        train_gpt.check_same_everywhere = stall
+        distributed.check_same_everywhere = stall
     """)
     script = tmp_path / "stall.py"
     script.write_text(WRAPPER.format(repo=str(REPO), body=body))

@@ -16,6 +16,8 @@ import torch
 
 from optimizers import newton_schulz_triton as nst
 
+orth = importlib.import_module("optimizers.orthogonalize")  # the module (the package exports its function)
+
 QUINTIC = (3.4445, -4.7750, 2.0315)
 # varying per-step coefficients, like Polar Express (the first triples of its table)
 VARYING = [(8.1566, -22.4833, 15.8788), (4.0429, -2.8089, 0.5000), (3.8917, -2.7725, 0.5061)]
@@ -51,7 +53,7 @@ def compiled_triton(monkeypatch):
 @pytest.fixture
 def fresh_fallback(monkeypatch):
     """Start with the fallback flag cleared and restore it afterwards."""
-    monkeypatch.setattr(nst, "_fallback_reason", None)
+    monkeypatch.setattr(orth, "_fallback_reason", None)
 
 
 def normalized(*shape, dtype=torch.float32, seed=0):
@@ -101,13 +103,6 @@ def test_ba_plus_caa_matches_torch(interpreter, shape, dtype):
     assert_mirrored(B)
 
 
-@pytest.mark.parametrize("shape", [(33, 70), (2, 40, 72)])
-def test_ax_plus_bx_matches_torch(interpreter, shape):
-    X = normalized(*shape)
-    B = nst.ba_plus_caa(gram(X), *QUINTIC[1:])
-    assert_close(nst.ax_plus_bx(X, B, QUINTIC[0]), QUINTIC[0] * X + B @ X, torch.float32)
-
-
 def test_non_contiguous_inputs(interpreter):
     """Transposed and sliced views are read through their strides (equal to their contiguous copies)."""
     Y = normalized(2, 72, 40)
@@ -132,11 +127,10 @@ def test_square_check():
 
 
 @pytest.mark.parametrize("coefficients", [[QUINTIC] * 5, VARYING], ids=["quintic", "varying"])
-@pytest.mark.parametrize("third_product", ["baddbmm", "triton"])
-def test_polynomial_iteration_matches_torch(interpreter, coefficients, third_product):
+def test_polynomial_iteration_matches_torch(interpreter, coefficients):
     X = normalized(2, 40, 72)
-    Y = nst.polynomial_iteration(X, coefficients, third_product=third_product)
-    torch.testing.assert_close(Y, nst.polynomial_iteration_torch(X, coefficients), rtol=1e-4, atol=1e-5)
+    Y = nst.polynomial_iteration(X, coefficients)
+    torch.testing.assert_close(Y, orth.polynomial_iteration_torch(X, coefficients), rtol=1e-4, atol=1e-5)
 
 
 def test_polynomial_iteration_float16_and_views(interpreter):
@@ -144,10 +138,10 @@ def test_polynomial_iteration_float16_and_views(interpreter):
     X = normalized(33, 70)
     Y = nst.polynomial_iteration(X.half(), [QUINTIC] * 5)
     assert Y.dtype == torch.float16 and Y.shape == X.shape
-    torch.testing.assert_close(Y.float(), nst.polynomial_iteration_torch(X, [QUINTIC] * 5), rtol=0, atol=1e-2)
+    torch.testing.assert_close(Y.float(), orth.polynomial_iteration_torch(X, [QUINTIC] * 5), rtol=0, atol=1e-2)
     Xt = normalized(70, 33).mT
     torch.testing.assert_close(nst.polynomial_iteration(Xt, [QUINTIC] * 2),
-                               nst.polynomial_iteration_torch(Xt, [QUINTIC] * 2), rtol=1e-4, atol=1e-5)
+                               orth.polynomial_iteration_torch(Xt, [QUINTIC] * 2), rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -162,7 +156,6 @@ def test_fake_registrations_give_shapes_and_dtypes():
     assert A.shape == (2, 3, 40, 40) and A.dtype == torch.bfloat16 and A.device.type == "meta"
     B = nst.ba_plus_caa(A, -4.775, 2.0315)
     assert B.shape == A.shape and B.dtype == torch.bfloat16
-    assert nst.ax_plus_bx(X, B, 3.4445).shape == X.shape
     Y = nst.polynomial_iteration(X, [QUINTIC] * 5)
     assert Y.shape == X.shape and Y.dtype == torch.bfloat16
 
@@ -172,7 +165,6 @@ def test_custom_ops_pass_opcheck(interpreter):
     A = gram(X)
     torch.library.opcheck(nst._xxt_op, (X,))
     torch.library.opcheck(nst._ba_plus_caa_op, (A, -4.775, 2.0315))
-    torch.library.opcheck(nst._ax_plus_bx_op, (X, A, 3.4))
 
 
 def test_torch_compile_on_cpu_interpreter(interpreter):
@@ -210,30 +202,30 @@ def test_backend_torch_and_auto_on_cpu_use_torch(monkeypatch, fresh_fallback):
 
     monkeypatch.setattr(nst, "polynomial_iteration", boom)
     X = normalized(33, 70)
-    expected = nst.polynomial_iteration_torch(X, [QUINTIC] * 5)
+    expected = orth.polynomial_iteration_torch(X, [QUINTIC] * 5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for backend in ("torch", "auto"):
-            assert torch.equal(nst.polynomial_iteration_auto(X, [QUINTIC] * 5, backend=backend), expected)
+            assert torch.equal(orth.iterate(X, [QUINTIC] * 5, backend=backend), expected)
     with pytest.raises(ValueError, match="backend"):
-        nst.polynomial_iteration_auto(X, [QUINTIC], backend="cuda")
+        orth.iterate(X, [QUINTIC], backend="cuda")
 
 
 def test_backend_triton_on_cpu_interpreter(interpreter):
     X = normalized(33, 70)
-    torch.testing.assert_close(nst.polynomial_iteration_auto(X, [QUINTIC] * 2, backend="triton"),
-                               nst.polynomial_iteration_torch(X, [QUINTIC] * 2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(orth.iterate(X, [QUINTIC] * 2, backend="triton"),
+                               orth.polynomial_iteration_torch(X, [QUINTIC] * 2), rtol=1e-4, atol=1e-5)
 
 
 def test_backend_triton_unavailable_raises(monkeypatch):
     monkeypatch.setattr(nst, "triton_available", lambda: (False, "triton is not installed (simulated)"))
     with pytest.raises(RuntimeError, match="backend='triton'.*simulated"):
-        nst.polynomial_iteration_auto(normalized(8, 16), [QUINTIC], backend="triton")
+        orth.iterate(normalized(8, 16), [QUINTIC], backend="triton")
     if HAS_TRITON and not HAS_CUDA:  # the real thing: no GPU and no interpreter
         monkeypatch.undo()
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         with pytest.raises(RuntimeError, match="no CUDA device"):
-            nst.polynomial_iteration_auto(normalized(8, 16), [QUINTIC], backend="triton")
+            orth.iterate(normalized(8, 16), [QUINTIC], backend="triton")
 
 
 def test_auto_falls_back_once_when_a_kernel_fails(interpreter, monkeypatch, fresh_fallback):
@@ -244,29 +236,29 @@ def test_auto_falls_back_once_when_a_kernel_fails(interpreter, monkeypatch, fres
         calls.append(1)
         raise RuntimeError("simulated launch failure")
 
-    monkeypatch.setattr(nst, "_triton_device", lambda X: True)  # pretend X is on a GPU
+    monkeypatch.setattr(orth, "_triton_device", lambda X: True)  # pretend X is on a GPU
     monkeypatch.setattr(nst, "xxt", failing_xxt)
     X = normalized(2, 16, 24)
-    expected = nst.polynomial_iteration_torch(X, [QUINTIC] * 5)
+    expected = orth.polynomial_iteration_torch(X, [QUINTIC] * 5)
     with pytest.warns(RuntimeWarning, match="simulated launch failure") as record:
-        assert torch.equal(nst.polynomial_iteration_auto(X, [QUINTIC] * 5), expected)
+        assert torch.equal(orth.iterate(X, [QUINTIC] * 5), expected)
     assert len(record) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert torch.equal(nst.polynomial_iteration_auto(X, [QUINTIC] * 5), expected)
+        assert torch.equal(orth.iterate(X, [QUINTIC] * 5), expected)
     assert len(calls) == 1
 
 
 def test_auto_falls_back_once_when_triton_is_missing(monkeypatch, fresh_fallback):
-    monkeypatch.setattr(nst, "_triton_device", lambda X: True)
+    monkeypatch.setattr(orth, "_triton_device", lambda X: True)
     monkeypatch.setattr(nst, "triton_available", lambda: (False, "triton is not installed (simulated)"))
     X = normalized(16, 24)
-    expected = nst.polynomial_iteration_torch(X, [QUINTIC] * 5)
+    expected = orth.polynomial_iteration_torch(X, [QUINTIC] * 5)
     with pytest.warns(RuntimeWarning, match="not installed"):
-        assert torch.equal(nst.polynomial_iteration_auto(X, [QUINTIC] * 5), expected)
+        assert torch.equal(orth.iterate(X, [QUINTIC] * 5), expected)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert torch.equal(nst.polynomial_iteration_auto(X, [QUINTIC] * 5), expected)
+        assert torch.equal(orth.iterate(X, [QUINTIC] * 5), expected)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -314,9 +306,6 @@ def test_gpu_kernels_close_to_fp32_and_mirrored(shape, dtype):
     B_ref = b * A.float() + c * (A.float() @ A.float())
     assert_mirrored(B)
     torch.testing.assert_close(B.float(), B_ref, rtol=0, atol=1e-2 * B_ref.abs().max().item())
-    Y_ref = QUINTIC[0] * X.float() + B.float() @ X.float()
-    torch.testing.assert_close(nst.ax_plus_bx(X, B, QUINTIC[0]).float(), Y_ref, rtol=0,
-                               atol=1e-2 * Y_ref.abs().max().item())
 
 
 @pytest.mark.parametrize("shape", [(768, 3072), (4, 512, 512), (3072, 768)])
@@ -329,18 +318,17 @@ def test_gpu_bf16_iteration_as_accurate_as_torch_bf16(shape):
     X = normalized(*shape).cuda()
     if X.size(-2) > X.size(-1):
         X = X.mT
-    reference = nst.polynomial_iteration_torch(X, [QUINTIC] * 5)
+    reference = orth.polynomial_iteration_torch(X, [QUINTIC] * 5)
 
     def relative_error(Z):
         return ((Z.float() - reference).norm() / reference.norm()).item()
 
-    torch_error = relative_error(nst.polynomial_iteration_torch(X.bfloat16(), [QUINTIC] * 5))
-    for third_product in ("baddbmm", "triton"):
-        Y = nst.polynomial_iteration(X.bfloat16(), [QUINTIC] * 5, third_product=third_product)
-        assert Y.dtype == torch.bfloat16 and Y.shape == X.shape
-        error = relative_error(Y)
-        assert error < 0.05 and error <= 1.5 * torch_error + 0.005, (third_product, error, torch_error)
-    assert torch.equal(nst.polynomial_iteration_auto(X.bfloat16(), [QUINTIC] * 5),
+    torch_error = relative_error(orth.polynomial_iteration_torch(X.bfloat16(), [QUINTIC] * 5))
+    Y = nst.polynomial_iteration(X.bfloat16(), [QUINTIC] * 5)
+    assert Y.dtype == torch.bfloat16 and Y.shape == X.shape
+    error = relative_error(Y)
+    assert error < 0.05 and error <= 1.5 * torch_error + 0.005, (error, torch_error)
+    assert torch.equal(orth.iterate(X.bfloat16(), [QUINTIC] * 5),
                        nst.polynomial_iteration(X.bfloat16(), [QUINTIC] * 5))
 
 

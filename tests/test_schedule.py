@@ -1,6 +1,8 @@
 import pytest
 
-from training.schedule import lr_multiplier, momentum_at, window_at
+from optimizers.muon import MuonConfig
+from optimizers.scion import ScionConfig
+from training.schedule import lr_multiplier, window_at
 
 
 def test_lr_constant_then_linear_cooldown_to_floor():
@@ -22,10 +24,12 @@ def test_lr_warmup():
 
 
 def test_momentum_warmup():
-    assert momentum_at(0, 0.85, 0.95, 300) == pytest.approx(0.85)
-    assert momentum_at(150, 0.85, 0.95, 300) == pytest.approx(0.90)
-    assert momentum_at(1000, 0.85, 0.95, 300) == pytest.approx(0.95)
-    assert momentum_at(0, 0.85, 0.95, 0) == 0.95
+    muon = MuonConfig()  # the record: 0.85 -> 0.95 over 300 steps
+    assert muon.momentum_at(0) == pytest.approx(0.85)
+    assert muon.momentum_at(150) == pytest.approx(0.90)
+    assert muon.momentum_at(1000) == pytest.approx(0.95)
+    assert MuonConfig(momentum_warmup_steps=0).momentum_at(0) is None  # the optimizer keeps its own
+    assert ScionConfig().momentum_at(5) is None
 
 
 def test_window_grows_in_blocks_to_the_record_maximum():

@@ -1,4 +1,4 @@
-"""scripts/sweep.py: specs and plans, GPU slots and launch commands, the scheduler (with a fake
+"""scripts/sweep.py and scripts/sweeps/: specs and plans, GPU slots and launch commands, the scheduler (with a fake
 training script and fake GPU ids), resuming and retrying, the CSV and the figure, and a tiny real
 sweep of the smoke model end to end."""
 
@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from scripts import sweep
-from scripts.sweep import PlotSpec, Slot, SpecError, SweepDir
-from training.config import load_config, validate
+from scripts.sweeps import results, runner
+from scripts.sweeps import spec as plan
+from scripts.sweeps.runner import Slot, SweepDir
+from scripts.sweeps.spec import PlotSpec, SpecError
+from training.config import load_config, toml_value, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPECS = sorted((REPO / "configs/sweeps").glob("*.toml"))
@@ -32,8 +35,8 @@ def write_spec(tmp_path: Path, body: str, name: str = "spec.toml") -> Path:
 def test_shipped_specs_plan(tmp_path):
     assert {p.name for p in SHIPPED_SPECS} >= {"smoke.toml", "lr_transfer_fineweb.toml"}
     for path in SHIPPED_SPECS:
-        spec = sweep.load_spec(path)
-        runs = sweep.plan_runs(spec)
+        spec = plan.load_spec(path)
+        runs = plan.plan_runs(spec)
         assert spec.base_path.is_file(), spec.base
         assert len({r.run_id for r in runs}) == len(runs)
         assert sweep.describe_plan(spec, SweepDir(tmp_path / spec.name), runs,
@@ -43,8 +46,8 @@ def test_shipped_specs_plan(tmp_path):
 
 
 def test_smoke_spec_plan():
-    spec = sweep.load_spec(REPO / "configs/sweeps/smoke.toml")
-    runs = sweep.plan_runs(spec)
+    spec = plan.load_spec(REPO / "configs/sweeps/smoke.toml")
+    runs = plan.plan_runs(spec)
     assert len(runs) == 2 * 2 * 3
     by_id = {r.run_id: r for r in runs}
     run = by_id["name-adamw_width-128_lr-0.016_seed-0"]
@@ -57,8 +60,8 @@ def test_smoke_spec_plan():
 
 
 def test_fineweb_spec_plan():
-    spec = sweep.load_spec(REPO / "configs/sweeps/lr_transfer_fineweb.toml")
-    runs = sweep.plan_runs(spec)
+    spec = plan.load_spec(REPO / "configs/sweeps/lr_transfer_fineweb.toml")
+    runs = plan.plan_runs(spec)
     assert {r.values["optim.name"] for r in runs} == {"muon", "scion", "adamw"}
     assert {r.values["model.width"] for r in runs} == {256, 512, 768, 1024}
     for r in runs:  # head_dim 128 everywhere: heads = width / 128
@@ -66,16 +69,16 @@ def test_fineweb_spec_plan():
 
 
 def test_run_ids_are_readable_and_filesystem_safe(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, """
+    spec = plan.load_spec(write_spec(tmp_path, """
         base = "configs/smoke.toml"
         [axes]
         model.width = [64]
         "optim.lr" = [0.000244140625, 1e-05]
         "model.window_pattern" = ["L S/x"]
     """))
-    ids = [r.run_id for r in sweep.plan_runs(spec)]
+    ids = [r.run_id for r in plan.plan_runs(spec)]
     assert ids == ["width-64_lr-0.000244140625_window_pattern-L_S_x", "width-64_lr-1e-05_window_pattern-L_S_x"]
-    assert ids == [r.run_id for r in sweep.plan_runs(spec)]  # deterministic
+    assert ids == [r.run_id for r in plan.plan_runs(spec)]  # deterministic
 
 
 @pytest.mark.parametrize("body, message", [
@@ -93,7 +96,7 @@ def test_run_ids_are_readable_and_filesystem_safe(tmp_path):
 ])
 def test_spec_errors(tmp_path, body, message):
     with pytest.raises(SpecError, match=message):
-        sweep.plan_runs(sweep.load_spec(write_spec(tmp_path, body)))
+        plan.plan_runs(plan.load_spec(write_spec(tmp_path, body)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,29 +105,29 @@ def test_spec_errors(tmp_path, body, message):
 
 def test_make_slots():
     gpus = ["0", "1", "2", "3"]
-    assert sweep.make_slots(gpus, 1) == [Slot(("0",)), Slot(("1",)), Slot(("2",)), Slot(("3",))]
-    assert sweep.make_slots(gpus, 2) == [Slot(("0", "1")), Slot(("2", "3"))]
-    assert sweep.make_slots(gpus, 3) == [Slot(("0", "1", "2"))]  # the fourth GPU stays idle
-    assert sweep.make_slots([], 2) == [Slot()]  # CPU: one run after another
+    assert runner.make_slots(gpus, 1) == [Slot(("0",)), Slot(("1",)), Slot(("2",)), Slot(("3",))]
+    assert runner.make_slots(gpus, 2) == [Slot(("0", "1")), Slot(("2", "3"))]
+    assert runner.make_slots(gpus, 3) == [Slot(("0", "1", "2"))]  # the fourth GPU stays idle
+    assert runner.make_slots([], 2) == [Slot()]  # CPU: one run after another
     with pytest.raises(SpecError, match="only 4 GPU"):
-        sweep.make_slots(gpus, 8)
+        runner.make_slots(gpus, 8)
     assert sweep.parse_gpus("4, 5") == ["4", "5"] and sweep.parse_gpus("none") == []
 
 
 def test_detect_gpus_respects_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert sweep.detect_gpus() == ["2", "3"]  # a run on "0" would otherwise escape to physical GPU 0
+    assert runner.detect_gpus() == ["2", "3"]  # a run on "0" would otherwise escape to physical GPU 0
 
 
 def test_launch_command(tmp_path):
-    spec = sweep.load_spec(REPO / "configs/sweeps/smoke.toml")
-    run = sweep.plan_runs(spec)[0]
+    spec = plan.load_spec(REPO / "configs/sweeps/smoke.toml")
+    run = plan.plan_runs(spec)[0]
     sd = SweepDir(tmp_path / "smoke")
-    cmd, env = sweep.launch_command(run, spec, sd, Slot(("5",)), Path("train.py"), resume=False)
+    cmd, env = runner.launch_command(run, spec, sd, Slot(("5",)), Path("train.py"), resume=False)
     assert cmd[:2] == [sys.executable, "train.py"] and env["CUDA_VISIBLE_DEVICES"] == "5"
     assert f"--log.dir={sd.runs}" in cmd and f"--log.run_id={run.run_id}" in cmd
     assert "--checkpoint.resume=latest" not in cmd
-    cmd, env = sweep.launch_command(run, spec, sd, Slot(("2", "3")), Path("train.py"), resume=True)
+    cmd, env = runner.launch_command(run, spec, sd, Slot(("2", "3")), Path("train.py"), resume=True)
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and cmd[-1] == "--checkpoint.resume=latest"
 
@@ -290,15 +293,15 @@ def test_transfer_curves_and_figure(tmp_path):
                                  "final_val_loss": math.nan if diverged else loss})
     rows.append({"optim.name": "muon", "model.width": 64, "optim.lr": 0.16, "seed": 0, "status": "failed",
                  "diverged": False, "final_val_loss": None})
-    curves = sweep.transfer_curves(rows, PlotSpec())
+    curves = results.transfer_curves(rows, PlotSpec())
     assert list(curves) == ["muon", "adamw"] and list(curves["muon"]) == [64, 128]
     assert curves["muon"][64][0.02] == pytest.approx(3.005)  # mean over seeds
     assert 0.16 not in curves["muon"][64]  # failed runs are not points
     assert curves["muon"][128][0.08] == math.inf
-    assert sweep.best_x(curves["muon"][64]) == 0.02
-    out = sweep.plot_lr_transfer(rows, PlotSpec(), tmp_path / "fig.png", title="test")
+    assert results.best_x(curves["muon"][64]) == 0.02
+    out = results.plot_lr_transfer(rows, PlotSpec(), tmp_path / "fig.png", title="test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    assert sweep.plot_lr_transfer([dict(rows[-1])], PlotSpec(), tmp_path / "none.png") is None
+    assert results.plot_lr_transfer([dict(rows[-1])], PlotSpec(), tmp_path / "none.png") is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +311,7 @@ TINY = {
     "model.depth": 2, "model.value_embeds": 1, "model.window_pattern": "LS", "model.seq_len": 128,
     "model.window": 96, "data.batch_tokens": 1024, "data.micro_batch_size": 8, "eval.tokens": 4096,
     "eval.every": 0, "log.every": 2, "schedule.steps": 4, "checkpoint.every": 0,
-    "optim.momentum_warmup_steps": 2,
+    "optim.muon.momentum_warmup_steps": 2,
 }
 
 
@@ -321,7 +324,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
         'name = "tiny"',
         f'base = "{REPO / "configs/smoke.toml"}"',
         "[overrides]",
-        *(f'"{k}" = {sweep.toml_value(v)}' for k, v in TINY.items()),
+        *(f'"{k}" = {toml_value(v)}' for k, v in TINY.items()),
         "[axes]",
         '"optim.name" = ["muon", "no_such_optimizer"]',
         '"model.width" = [64, 128]',
@@ -355,7 +358,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
 def test_failure_record_names_the_workers_error(tmp_path):
     """Under torchrun the last lines are torchrun's own report; the error line is the worker's."""
     sd = SweepDir(tmp_path / "s")
-    run = sweep.PlannedRun("lr-0.1", {"optim.lr": 0.1}, ("--optim.lr=0.1",))
+    run = plan.PlannedRun("lr-0.1", {"optim.lr": 0.1}, ("--optim.lr=0.1",))
     sd.logs.mkdir(parents=True)
     sd.log_file(run.run_id).write_text("\n".join([
         "=== earlier attempt", "RuntimeError: old news", "=== this attempt",
@@ -365,8 +368,8 @@ def test_failure_record_names_the_workers_error(tmp_path):
         "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
     ]) + "\n")
     offset = sd.log_file(run.run_id).read_text().index("=== this attempt")
-    job = sweep.Launched(run, Slot(("0", "1")), proc=None, command=["torchrun", "x"], started=0.0, log_offset=offset)
-    error = sweep.write_failure(sd, job, code=1, elapsed=3.0)
+    job = runner.Launched(run, Slot(("0", "1")), proc=None, command=["torchrun", "x"], started=0.0, log_offset=offset)
+    error = runner.write_failure(sd, job, code=1, elapsed=3.0)
     assert error.startswith("config error: data.batch_tokens")
     record = sd.failure_file(run.run_id).read_text()
     assert record.startswith("error: config error") and "exit code: 1 (crash)" in record and "old news" not in record

@@ -127,4 +127,4 @@ def test_concurrent_callers_agree(tmp_path):
     shared_train, shared_val = make_synthetic_shards(tmp_path / "shared", **params)
     np.testing.assert_array_equal(_stream(shared_train), _stream(train))
     np.testing.assert_array_equal(_stream(shared_val), _stream(val))
-    assert not glob.glob(str(tmp_path / "shared" / ".tmp_*"))
+    assert not glob.glob(str(tmp_path / "shared" / ".*.tmp"))

@@ -16,6 +16,8 @@ import torch
 
 import train_gpt
 from data.shard import write_shard
+from training.exit_codes import EXIT_DIVERGED
+from training.trainer import Trainer
 from training.config import load_config
 from training.run_dir import read_metrics
 
@@ -26,7 +28,7 @@ TINY = [
     "--model.width=64", "--model.heads=2", "--model.depth=2", "--model.value_embeds=1", "--model.window_pattern=LS",
     "--model.seq_len=128", "--model.window=96", "--data.batch_tokens=1024", "--data.micro_batch_size=4",
     "--eval.tokens=4096", "--eval.every=5", "--log.every=1", "--schedule.steps=12", "--checkpoint.every=4",
-    "--checkpoint.keep=5", "--optim.momentum_warmup_steps=4",
+    "--checkpoint.keep=5", "--optim.muon.momentum_warmup_steps=4",
 ]
 
 
@@ -63,7 +65,7 @@ def test_every_optimizer_reduces_the_loss(tmp_path, variant):
 
 
 def test_scion_light_keeps_momentum_in_grad_and_resumes(tmp_path):
-    light = ["--config", str(REPO / "configs/smoke_scion.toml"), *TINY, f"--log.dir={tmp_path}", "--optim.light=true"]
+    light = ["--config", str(REPO / "configs/smoke_scion.toml"), *TINY, f"--log.dir={tmp_path}", "--optim.scion.light=true"]
     assert train_gpt.main([*light, "--log.run_id=full"]) == 0
     shutil.copytree(tmp_path / "full", tmp_path / "resumed")
     assert train_gpt.main([*light, f"--checkpoint.resume={tmp_path / 'resumed/checkpoints/step_000004.pt'}"]) == 0
@@ -79,7 +81,8 @@ def test_run_outputs(tmp_path):
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(0, 13))
     for r in rows[1:]:
-        assert {"step", "train_loss", "lr", "train_time_ms", "tokens"} <= r.keys()
+        assert {"step", "train_loss", "lr_mult", "lr_hidden", "lr_embed", "train_time_ms", "tokens"} <= r.keys()
+        assert r["lr_embed"] == 0.6 * r["lr_mult"] and r["lr_hidden"] == 0.05 * r["lr_mult"]  # the real lrs
         assert r["tokens"] == r["step"] * 1024
     assert [r["step"] for r in rows if "val_loss" in r] == [0, 5, 10, 12]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -156,15 +159,15 @@ def test_ctrl_c_checkpoints_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    original = train_gpt.Trainer.step
+    original = Trainer.step
 
     def poisoned(self, step):
         loss = original(self, step)
         return loss * float("nan") if step >= 5 else loss
 
-    monkeypatch.setattr(train_gpt.Trainer, "step", poisoned)
+    monkeypatch.setattr(Trainer, "step", poisoned)
     code, run_dir = run(tmp_path)
-    assert code == train_gpt.EXIT_DIVERGED
+    assert code == EXIT_DIVERGED
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["steps"] == 6
     log = (run_dir / "log.txt").read_text()
@@ -173,9 +176,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_bad_config_fails_before_anything_is_written(tmp_path, capsys):
-    code, run_dir = run(tmp_path, "--model.heads=3")
+    code, run_dir = run(tmp_path, "--data.batch_tokens=1000")
     assert code == 2 and not run_dir.exists()
-    assert "model.width (64) is not divisible by model.heads (3)" in capsys.readouterr().err
+    assert "data.batch_tokens (1000) must be a positive multiple" in capsys.readouterr().err
     code, _ = run(tmp_path, "--optim.lrr=1")
     assert code == 2 and "did you mean 'optim.lr'" in capsys.readouterr().err
 
@@ -214,7 +217,7 @@ def test_wandb_logging_behind_a_flag(tmp_path, monkeypatch):
     code, run_dir = run(tmp_path, "--log.wandb=true", "--schedule.steps=3")
     assert code == 0
     assert calls["init"]["name"] == "run" and calls["init"]["config"]["model"]["width"] == 64
-    assert calls["log"] == [1, 2, 3] and calls["finish"] == 1
+    assert calls["log"] == [0, 1, 2, 3] and calls["finish"] == 1  # step 0: the initial validation
 
 
 def test_two_process_gloo_run_matches_one_process(tmp_path):

@@ -7,13 +7,13 @@ loader position, RNG states, the completed step count and the running counters.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from training.atomic import atomic_torch_save
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -36,27 +36,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same directory, flush to disk, then rename over `path`:
-    a crash leaves either the old file or the new one, never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int) -> Path:
     """Write step_NNNNNN.pt and delete all but the newest `keep` checkpoints of this run."""
     path = checkpoint_dir(run_dir) / f"step_{step:06d}.pt"
-    atomic_torch_save({**state, "step": step}, path)
+    atomic_torch_save(path, {**state, "step": step})
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

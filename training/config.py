@@ -2,15 +2,18 @@
 
     cfg = load_config("configs/smoke.toml", ["--optim.lr=0.02", "--model.depth=6"])
 
-Every key of a TOML file or override must name a field below; a typo fails before any compute
-with the closest valid key. `validate(cfg, world_size)` checks the combinations that cannot work
-(width not divisible by heads, a batch that does not split across ranks, ...).
+Every key of a TOML file or override must name a field below (or, under [optim.<name>], a
+field of that optimizer's settings); a typo fails before any compute with the closest valid key,
+and an override is read as the type of the field it sets. `validate(cfg, world_size)` checks the
+combinations that cannot work (a batch that does not split across ranks, a norm an optimizer
+cannot use, ...).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -70,38 +73,28 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class RoleConfig:
-    """How one parameter role is trained; unset values come from optimizers/defaults.py."""
-
-    norm: str | None = None  # a NORMS key (steepest step in that norm), or "adamw"
-    lr: float | None = None  # absolute learning rate (unset: the optimizer's default for the role)
-    scale: float | None = None  # radius / update scale (Scion's rho)
-    weight_decay: float | None = None
-
-
-@dataclass(frozen=True)
 class OptimConfig:
-    """The optimizer. Unset (None) values take optimizer-specific defaults when the config loads."""
+    """[optim]: the optimizer (a key of optimizers/registry.py), its main learning rate, and its
+    settings, read from [optim.<name>] (optimizers/<name>.py declares them with their defaults).
+    Tables of other optimizers may be present; they are checked for typos and otherwise ignored."""
 
-    name: str = "muon"  # "muon" | "scion" | "adamw" | "signum"
-    lr: float | None = None  # main learning rate: hidden matrices (muon, adamw, signum), every role (scion)
-    momentum: float | None = None  # beta of the momentum average (Scion's alpha is 1 - beta)
-    nesterov: bool | None = None
-    momentum_warmup_from: float | None = None  # momentum ramps linearly from this ...
-    momentum_warmup_steps: int | None = None  # ... to `momentum` over these steps (0: no warm-up)
-    orthogonalize: str = "newton_schulz"  # newton_schulz | polar_express | cubic | modular_quintic | svd
-    ns_steps: int = 0  # iterations of the orthogonalization; 0 = the method's default
-    backend: str = "auto"  # orthogonalization kernels: auto (Triton on CUDA) | torch | triton
-    shape_scale: str = "muon"  # Muon's update scale: muon max(1,m/n)^.5 | spectral sqrt(m/n) | adamw .2sqrt(max)
-    constrained: bool = True  # Scion: SCG (stay in the norm ball) or uSCG
-    light: bool = False  # Scion: keep the momentum in p.grad (no optimizer buffer)
-    scion_init: bool = False  # Scion: re-initialize every parameter on its norm sphere x radius
-    adam_betas: tuple[float, float] | None = None
-    adam_eps: float | None = None
-    embed: RoleConfig = field(default_factory=RoleConfig)
-    hidden: RoleConfig = field(default_factory=RoleConfig)
-    head: RoleConfig = field(default_factory=RoleConfig)
-    scalar: RoleConfig = field(default_factory=RoleConfig)
+    name: str = "muon"
+    lr: float | None = None  # the main learning rate; None: the optimizer's default (filled in on load)
+    settings: object = None  # the chosen optimizer's settings dataclass (its defaults when unset)
+
+    def role_lr(self, role: str) -> float:
+        """The learning rate of a parameter role (its own, or the main one)."""
+        from optimizers.spec import role_lr
+
+        return role_lr(self.lr, getattr(self.settings, role))
+
+
+def default_optim(name: str = "muon") -> OptimConfig:
+    """An optimizer with all its defaults."""
+    from optimizers.registry import OPTIMIZERS
+
+    spec = OPTIMIZERS[name]
+    return OptimConfig(name, spec.lr, spec.settings())
 
 
 @dataclass(frozen=True)
@@ -153,7 +146,7 @@ class Config:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=default_optim)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -169,12 +162,29 @@ class Config:
 # Building a Config from nested dicts (TOML) and dotted overrides
 
 
-def _is_section(tp) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+class Override(str):
+    """An override's value as typed on the command line; it is parsed as the type of the field it
+    sets (so `--log.run_id=nan` is the string "nan", `--optim.lr=1` the float 1.0)."""
+
+    def parse(self, tp):
+        if _is_str_type(tp) and not self.startswith(("'", '"')):
+            return str(self)  # a bare word for a string field is the string itself
+        try:
+            return tomllib.loads(f"v = {self}")["v"]  # numbers, booleans, lists, quoted strings
+        except tomllib.TOMLDecodeError:
+            return str(self)  # not TOML: the type check names the field and what it expected
+
+
+def _is_str_type(tp) -> bool:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return str in typing.get_args(tp)
+    return tp is str
 
 
 def _coerce(value, tp, key: str):
-    """Convert a TOML value (or an override string parsed as TOML) to the field's type."""
+    """Convert a TOML value (or an Override) to the field's type."""
+    if isinstance(value, Override):
+        value = value.parse(tp)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):  # `X | None`: TOML has no null, so a value is an X
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -213,45 +223,73 @@ def _type_name(tp) -> str:
     return tp.__name__
 
 
-def _unknown_key(key: str, valid: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.split(".")[-1], [v.split(".")[-1] for v in valid], n=1)
+def _unknown_key(key: str, valid: list[str], elsewhere: list[str] = ()) -> ConfigError:
+    """Name the closest valid key (or, failing that, the closest key of `elsewhere`: other
+    optimizers' settings)."""
     hint = ""
-    if close:
-        hint = f"; did you mean '{next(v for v in valid if v.split('.')[-1] == close[0])}'?"
+    for pool in (valid, elsewhere):
+        close = difflib.get_close_matches(key.split(".")[-1], [v.split(".")[-1] for v in pool], n=1)
+        if close:
+            hint = f"; did you mean '{next(v for v in pool if v.split('.')[-1] == close[0])}'?"
+            break
     return ConfigError(f"unknown config key '{key}'{hint} (valid keys: {', '.join(valid)})")
 
 
-def _build(cls, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+def _table(values, key: str) -> dict:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: expected a [{key}] table, got {values!r}")
+    return values
+
+
+def _build(default, values: dict, prefix: str = ""):
+    """A copy of the dataclass instance `default` with a TOML table applied: sub-tables go to the
+    nested sections (whose current values are their defaults), and every value is checked against
+    its field's type. Unknown keys fail with the closest valid key."""
+    if isinstance(default, OptimConfig):
+        return _build_optim(values, prefix)
+    hints = typing.get_type_hints(type(default))
+    names = [f.name for f in dataclasses.fields(default)]
+    changes = {}
     for key, value in values.items():
         full = prefix + key
-        if key not in fields:
-            raise _unknown_key(full, [prefix + k for k in fields])
-        tp = hints[key]
-        if _is_section(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{full}: expected a [{full}] table, got {value!r}")
-            kwargs[key] = _build(tp, value, full + ".")
+        if key not in names:
+            raise _unknown_key(full, [prefix + k for k in names])
+        current = getattr(default, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _build(current, _table(value, full), full + ".")
+        elif isinstance(value, dict):
+            raise ConfigError(f"{full}: expected {_type_name(hints[key])}, got a table")
         else:
-            if isinstance(value, dict):
-                raise ConfigError(f"{full}: expected {_type_name(tp)}, got a table")
-            kwargs[key] = _coerce(value, tp, full)
-    return cls(**kwargs)
+            changes[key] = _coerce(value, hints[key], full)
+    return dataclasses.replace(default, **changes)
 
 
-def _parse_value(text: str):
-    """An override's value is read as TOML (numbers, booleans, lists, quoted strings); a bare word
-    that is not valid TOML is taken as a string, so `--optim.name=adamw` works unquoted."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+def _build_optim(values: dict, prefix: str) -> OptimConfig:
+    """[optim]: `name` picks the optimizer, `lr` defaults to its own, and [optim.<name>] builds its
+    settings; the tables of other optimizers are checked and dropped."""
+    from optimizers.registry import OPTIMIZERS
+
+    name = _coerce(values.get("name", OptimConfig.name), str, prefix + "name")
+    _choice(prefix + "name", name, tuple(OPTIMIZERS))
+    spec = OPTIMIZERS[name]
+    lr = _coerce(values["lr"], float, prefix + "lr") if "lr" in values else spec.lr
+    settings = spec.settings()
+    for key, value in values.items():
+        if key in ("name", "lr"):
+            continue
+        if key not in OPTIMIZERS:
+            fields = {n: [f"{prefix}{n}.{f.name}" for f in dataclasses.fields(s.settings)] for n, s in OPTIMIZERS.items()}
+            valid = [prefix + "name", prefix + "lr", *(prefix + k for k in OPTIMIZERS), *fields[name]]
+            raise _unknown_key(prefix + key, valid, [k for n, ks in fields.items() if n != name for k in ks])
+        built = _build(OPTIMIZERS[key].settings(), _table(value, prefix + key), f"{prefix}{key}.")
+        if key == name:
+            settings = built
+    return OptimConfig(name, lr, settings)
 
 
 def parse_overrides(args: list[str]) -> dict:
-    """`["--optim.lr=0.02", "--model.depth", "6"]` -> {"optim": {"lr": 0.02}, "model": {"depth": 6}}."""
+    """`["--optim.lr=0.02", "--model.depth", "6"]` -> {"optim": {"lr": "0.02"}, "model": {"depth": "6"}},
+    each value an Override (parsed as its field's type when the config is built)."""
     tree: dict = {}
     i = 0
     while i < len(args):
@@ -273,7 +311,7 @@ def parse_overrides(args: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{key}' conflicts with an earlier override")
-        node[parts[-1]] = _parse_value(text)
+        node[parts[-1]] = Override(text)
     return tree
 
 
@@ -306,29 +344,10 @@ def _read_toml(path: Path, seen: tuple = ()) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read a TOML config file (or none, for the defaults), apply dotted overrides, and fill the
-    optimizer's unset values from its defaults."""
+    """Read a TOML config file (or none, for the defaults) and apply dotted overrides; whatever is
+    left unset has its default (the chosen optimizer's, for [optim])."""
     values = _read_toml(Path(path)) if path is not None else {}
-    values = _merge(values, parse_overrides(overrides or []))
-    return resolve_optim_defaults(_build(Config, values))
-
-
-def resolve_optim_defaults(cfg: Config) -> Config:
-    """Fill unset [optim] values from optimizers/defaults.py for the chosen optimizer. A role's lr
-    stays unset when it follows optim.lr, so that overriding optim.lr moves it."""
-    from optimizers.defaults import DEFAULTS, ROLES
-
-    o = cfg.optim
-    if o.name not in DEFAULTS:
-        return cfg  # validate() names the valid choices
-    d = DEFAULTS[o.name]
-    top = {k: d[k] for k in ("lr", "momentum", "nesterov", "momentum_warmup_from", "momentum_warmup_steps",
-                             "adam_betas", "adam_eps") if getattr(o, k) is None}
-    for role in ROLES:
-        rc, rd = getattr(o, role), d["roles"][role]
-        filled = {k: rd[k] for k in ("norm", "lr", "scale", "weight_decay") if getattr(rc, k) is None}
-        top[role] = dataclasses.replace(rc, **filled)
-    return dataclasses.replace(cfg, optim=dataclasses.replace(o, **top))
+    return _build(Config(), _merge(values, parse_overrides(overrides or [])))
 
 
 def replace(cfg: Config, **sections) -> Config:
@@ -340,8 +359,13 @@ def replace(cfg: Config, **sections) -> Config:
     return dataclasses.replace(cfg, **changes)
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def to_dict(obj) -> dict:
+    """The config as nested plain values, laid out as in the TOML file ([optim.<name>] for the
+    optimizer's settings)."""
+    if isinstance(obj, OptimConfig):
+        return {"name": obj.name, "lr": obj.lr, obj.name: to_dict(obj.settings)}
+    return {f.name: (to_dict(v) if dataclasses.is_dataclass(v) else v)
+            for f in dataclasses.fields(obj) if (v := getattr(obj, f.name)) is not None}
 
 
 def to_toml(cfg: Config) -> str:
@@ -349,29 +373,23 @@ def to_toml(cfg: Config) -> str:
     values are left out (TOML has no null)."""
     top, sections = [], []
 
-    def section(name: str, obj) -> None:
-        lines, subsections = [f"[{name}]"], []
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                subsections.append((f"{name}.{f.name}", value))
-            elif value is not None:
-                lines.append(f"{f.name} = {toml_value(value)}")
+    def section(name: str, table: dict) -> None:
+        lines = [f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
         sections.append("\n".join(lines))
-        for sub_name, sub in subsections:
-            section(sub_name, sub)
+        for k, v in table.items():
+            if isinstance(v, dict):
+                section(f"{name}.{k}", v)
 
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            section(f.name, value)
-        elif value is not None:
-            top.append(f"{f.name} = {toml_value(value)}")
+    for key, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            section(key, value)
+        else:
+            top.append(f"{key} = {toml_value(value)}")
     return "\n".join(top) + "\n\n" + "\n\n".join(sections) + "\n"
 
 
 def toml_value(v) -> str:
-    """A value as TOML text (the config writer, and overrides built by scripts/sweep.py)."""
+    """A value as TOML text (the config writer, and overrides built by the sweep tools)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -407,16 +425,43 @@ def grad_accum_steps(cfg: Config, world_size: int) -> int:
 
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Raise ConfigError for any combination that cannot run on `world_size` processes."""
-    m, d, o, s, e = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.eval
     _choice("device", cfg.device, ("auto", "cpu", "cuda"))
-    _choice("model.attention", m.attention, ("auto", "flex", "sdpa"))
-    _choice("model.dtype", m.dtype, ("float32", "float64"))
+    _check_finite(cfg)
+    _validate_model(cfg.model)
+    _validate_batches(cfg, world_size)
+    _validate_schedule(cfg.schedule)
+    _validate_optim(cfg.optim)
+    _check(cfg.log.every > 0, f"log.every must be positive, got {cfg.log.every}")
+    _check(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {cfg.checkpoint.every}")
+    _check(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")
+    _check(cfg.distributed.bucket_mb > 0, f"distributed.bucket_mb must be positive, got {cfg.distributed.bucket_mb}")
+    _check(cfg.distributed.timeout_s > 0, f"distributed.timeout_s must be positive, got {cfg.distributed.timeout_s}")
+    if cfg.data.synthetic:
+        _check(cfg.model.vocab_size <= 65536, "data.synthetic needs model.vocab_size <= 65536 (uint16 shards)")
+
+
+def _check_finite(cfg: Config) -> None:
+    """No number in a config may be inf or nan (TOML can spell both)."""
+
+    def walk(table: dict, prefix: str) -> None:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{prefix}{key} must be a finite number, got {value}")
+
+    walk(to_dict(cfg), "")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    from model.attention import ATTENTION_KINDS
+    from model.gpt import DTYPES, WINDOW_KINDS
+
+    _choice("model.attention", m.attention, ATTENTION_KINDS)
+    _choice("model.dtype", m.dtype, tuple(DTYPES))
     for key in ("width", "depth", "heads", "head_dim", "mlp_ratio", "seq_len", "vocab_size", "vocab_multiple"):
         _check(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
-    _check(
-        m.width % m.heads == 0,
-        f"model.width ({m.width}) is not divisible by model.heads ({m.heads})",
-    )
     _check(m.head_dim % 2 == 0, f"model.head_dim ({m.head_dim}) must be even for rotary embeddings")
     _check(0.0 < m.rope_fraction <= 1.0, f"model.rope_fraction must be in (0, 1], got {m.rope_fraction}")
     _check(0 <= m.eot_token < m.vocab_size, f"model.eot_token ({m.eot_token}) must be < model.vocab_size ({m.vocab_size})")
@@ -430,27 +475,22 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _check(m.window >= 0, f"model.window must be >= 0, got {m.window}")
     if m.window_pattern:
         _check(
-            len(m.window_pattern) == m.depth and set(m.window_pattern) <= {"L", "S"},
-            f"model.window_pattern must be {m.depth} letters of 'L'/'S' (one per block), got {m.window_pattern!r}",
+            len(m.window_pattern) == m.depth and set(m.window_pattern) <= set(WINDOW_KINDS),
+            f"model.window_pattern must be {m.depth} letters of {'/'.join(map(repr, WINDOW_KINDS))} (one per block), "
+            f"got {m.window_pattern!r}",
         )
         _check(m.window > 0, "model.window_pattern needs model.window > 0")
     _check(m.logit_softcap >= 0, f"model.logit_softcap must be >= 0, got {m.logit_softcap}")
 
-    T = m.seq_len
+
+def _validate_batches(cfg: Config, world_size: int) -> None:
+    m, d, e = cfg.model, cfg.data, cfg.eval
     _check(d.micro_batch_size > 0, f"data.micro_batch_size must be positive, got {d.micro_batch_size}")
-    per_step = world_size * d.micro_batch_size * T
+    per_step = world_size * d.micro_batch_size * m.seq_len
     _check(
         d.batch_tokens > 0 and d.batch_tokens % per_step == 0,
         f"data.batch_tokens ({d.batch_tokens}) must be a positive multiple of world size ({world_size}) "
-        f"x data.micro_batch_size ({d.micro_batch_size}) x model.seq_len ({T}) = {per_step}",
-    )
-    _check(s.steps > 0, f"schedule.steps must be positive, got {s.steps}")
-    _check(0 <= s.warmup_steps <= s.steps, f"schedule.warmup_steps ({s.warmup_steps}) must be in [0, schedule.steps]")
-    _check(0.0 <= s.cooldown_frac <= 1.0, f"schedule.cooldown_frac must be in [0, 1], got {s.cooldown_frac}")
-    _check(0.0 <= s.final_lr_frac <= 1.0, f"schedule.final_lr_frac must be in [0, 1], got {s.final_lr_frac}")
-    _check(
-        s.warmup_steps + round(s.cooldown_frac * s.steps) <= s.steps,
-        "schedule.warmup_steps + schedule.cooldown_frac * schedule.steps exceeds schedule.steps",
+        f"x data.micro_batch_size ({d.micro_batch_size}) x model.seq_len ({m.seq_len}) = {per_step}",
     )
     eval_rows = world_size * e.batch_size * cfg.eval_seq_len
     _check(e.batch_size > 0, f"eval.batch_size must be positive, got {e.batch_size}")
@@ -460,60 +500,31 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         f"({e.batch_size}) x eval sequence length ({cfg.eval_seq_len}) = {eval_rows}",
     )
     _check(e.every >= 0, f"eval.every must be >= 0, got {e.every}")
-    _check(cfg.log.every > 0, f"log.every must be positive, got {cfg.log.every}")
-    _check(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {cfg.checkpoint.every}")
-    _check(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")
-    _check(cfg.distributed.bucket_mb > 0, f"distributed.bucket_mb must be positive, got {cfg.distributed.bucket_mb}")
-    _check(cfg.distributed.timeout_s > 0, f"distributed.timeout_s must be positive, got {cfg.distributed.timeout_s}")
-    _validate_optim(o)
     if m.attention == "flex":
         _check(
-            T % 128 == 0 and cfg.eval_seq_len % 128 == 0,
-            f"model.attention = 'flex' needs model.seq_len ({T}) and the eval sequence length "
+            m.seq_len % 128 == 0 and cfg.eval_seq_len % 128 == 0,
+            f"model.attention = 'flex' needs model.seq_len ({m.seq_len}) and the eval sequence length "
             f"({cfg.eval_seq_len}) to be multiples of the 128-token block size",
         )
-    if d.synthetic:
-        _check(m.vocab_size <= 65536, "data.synthetic needs model.vocab_size <= 65536 (uint16 shards)")
+
+
+def _validate_schedule(s: ScheduleConfig) -> None:
+    _check(s.steps > 0, f"schedule.steps must be positive, got {s.steps}")
+    _check(0 <= s.warmup_steps <= s.steps, f"schedule.warmup_steps ({s.warmup_steps}) must be in [0, schedule.steps]")
+    _check(0.0 <= s.cooldown_frac <= 1.0, f"schedule.cooldown_frac must be in [0, 1], got {s.cooldown_frac}")
+    _check(0.0 <= s.final_lr_frac <= 1.0, f"schedule.final_lr_frac must be in [0, 1], got {s.final_lr_frac}")
+    _check(
+        s.warmup_steps + round(s.cooldown_frac * s.steps) <= s.steps,
+        "schedule.warmup_steps + schedule.cooldown_frac * schedule.steps exceeds schedule.steps",
+    )
 
 
 def _validate_optim(o: OptimConfig) -> None:
-    from optimizers.defaults import MATRIX_NORMS, NORM_NAMES, OPTIMIZERS, ROLES
-    from optimizers.muon import SHAPE_SCALES
-    from optimizers.orthogonalize import BACKENDS, METHODS
+    """optim.lr here; everything else by the optimizer's own settings (optimizers/<name>.py)."""
+    from optimizers.spec import OptionError
 
-    _choice("optim.name", o.name, OPTIMIZERS)
-    _choice("optim.orthogonalize", o.orthogonalize, METHODS)
-    _choice("optim.backend", o.backend, BACKENDS)
-    _choice("optim.shape_scale", o.shape_scale, SHAPE_SCALES)
-    _check(o.lr is not None and o.lr > 0, f"optim.lr must be positive, got {o.lr}")
-    if o.momentum is not None:
-        _check(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
-    _check(o.ns_steps >= 0, f"optim.ns_steps must be >= 0 (0 = the method's default), got {o.ns_steps}")
-    _check(not o.light or o.name == "scion", "optim.light (momentum kept in p.grad) is a Scion option")
-    for role in ROLES:
-        rc, key = getattr(o, role), f"optim.{role}"
-        _choice(f"{key}.norm", rc.norm, (*NORM_NAMES, "adamw"))
-        lr = o.lr if rc.lr is None else rc.lr
-        _check(lr > 0, f"{key}.lr must be positive, got {lr}")
-        _check(rc.scale > 0, f"{key}.scale must be positive, got {rc.scale}")
-        _check(rc.weight_decay >= 0, f"{key}.weight_decay must be >= 0, got {rc.weight_decay}")
-        if role == "scalar":
-            _check(rc.norm not in MATRIX_NORMS,
-                   f"{key}.norm = {rc.norm!r} needs matrices, but role 'scalar' holds vectors and scalars; "
-                   f"use rms, sign, sign_fanin or euclidean")
-        if o.name == "muon":
-            want = "spectral" if role == "hidden" else "adamw"
-            _check(rc.norm == want,
-                   f"{key}.norm = {rc.norm!r}: Muon trains hidden matrices in the spectral norm and the other roles "
-                   f"with its auxiliary AdamW, so it must be {want!r} (optim.name = 'scion' takes any norm per role)")
-        elif o.name == "scion":
-            _check(rc.norm != "adamw",
-                   f"{key}.norm = 'adamw': Scion trains every role with a norm's LMO, and AdamW has none; "
-                   f"choose one of {', '.join(NORM_NAMES)}")
-            _check(not (o.constrained and rc.weight_decay),
-                   f"{key}.weight_decay: constrained Scion (SCG) has no separate weight decay; its (1 - lr) "
-                   f"shrinkage is the decay. Set optim.constrained = false for uSCG with weight decay")
-        elif o.name == "adamw":
-            _check(rc.norm == "adamw", f"{key}.norm = {rc.norm!r}: optim.name = 'adamw' trains every role with AdamW")
-        elif o.name == "signum":
-            _check(rc.norm == "sign", f"{key}.norm = {rc.norm!r}: optim.name = 'signum' is sign descent for every role")
+    _check(o.lr > 0, f"optim.lr must be positive, got {o.lr}")
+    try:
+        o.settings.check()
+    except OptionError as e:
+        raise ConfigError(f"optim.{o.name}.{e.key}: {e.message}") from None

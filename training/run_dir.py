@@ -5,14 +5,16 @@ checkpoints/. A new run never reuses an existing directory; resuming continues t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import subprocess
 import time
 import uuid
 from pathlib import Path
 
+from training.atomic import atomic_write_json, atomic_write_text
 from training.checkpoint import latest_checkpoint
-from training.config import ConfigError
+from training.config import Config, ConfigError, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def new_run_id(name: str) -> str:
@@ -57,13 +59,6 @@ def resolve_run(log_dir: str, run_id: str, resume: str, name: str) -> tuple[Path
     raise ConfigError(f"checkpoint.resume: {path} is neither a checkpoint file nor a run directory")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 class RunOutputs:
     """Writes the run's files; on ranks other than 0 every method only prints nothing."""
 
@@ -82,7 +77,7 @@ class RunOutputs:
         if path.exists():
             rows = [line for line in path.read_text().splitlines() if line.strip()]
             kept = [line for line in rows if json.loads(line)["step"] <= step]
-            _atomic_write_text(path, "".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def log(self, message: str) -> None:
         if self.is_main:
@@ -92,7 +87,7 @@ class RunOutputs:
 
     def write_config(self, toml_text: str) -> None:
         if self.is_main:
-            _atomic_write_text(self.dir / "config.toml", toml_text)
+            atomic_write_text(self.dir / "config.toml", toml_text)
 
     def metrics(self, row: dict) -> None:
         if self.is_main:
@@ -101,9 +96,28 @@ class RunOutputs:
 
     def summary(self, summary: dict) -> None:
         if self.is_main:
-            _atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_json(self.dir / "summary.json", summary)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def git_commit() -> str:
+    """The repository's commit, or "unknown" (not a git checkout, git missing)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_wandb(cfg: Config, run_dir: Path):
+    """A Weights & Biases run beside the run directory (log.wandb = true; rank 0 only)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("log.wandb = true needs the wandb package: pip install wandb "
+                          "(set WANDB_MODE=offline to log without an account or network)") from None
+    return wandb.init(project=cfg.log.wandb_project, name=run_dir.name, dir=str(run_dir), config=to_dict(cfg))

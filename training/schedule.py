@@ -6,8 +6,9 @@ lr multiplier (applied to every param group's initial_lr):
     constant                         1
     cooldown (last C = cooldown_frac * steps steps): linear from 1 to final_lr_frac at the last step
 
-The momentum (Muon's) warms up linearly from momentum_warmup_from to momentum over momentum_warmup_steps.
-The attention window grows linearly from one 128-token block to model.window over training.
+The momentum warms up as the optimizer's settings say (`momentum_at`: Muon's ramps from
+momentum_warmup_from to momentum over momentum_warmup_steps). The attention window grows linearly
+from one 128-token block to model.window over training.
 """
 
 import math
@@ -26,13 +27,6 @@ def lr_multiplier(step: int, steps: int, warmup_steps: int, cooldown_frac: float
     return 1.0
 
 
-def momentum_at(step: int, start: float, end: float, warmup_steps: int) -> float:
-    if warmup_steps <= 0:
-        return end
-    frac = min(step / warmup_steps, 1.0)
-    return (1 - frac) * start + frac * end
-
-
 def window_at(step: int, steps: int, window: int, warmup: bool) -> int:
     """Attention window (tokens) for this step: 0 means full causal attention."""
     if window <= 0 or not warmup:
@@ -47,14 +41,11 @@ def lr_at(step: int, cfg) -> float:
     return lr_multiplier(step, s.steps, s.warmup_steps, s.cooldown_frac, s.final_lr_frac)
 
 
-def apply(optimizer, step: int, cfg) -> float:
-    """Set lr (and the warming-up momentum) of every param group for `step`; returns the lr multiplier."""
-    o = cfg.optim
+def apply(optimizer, step: int, cfg) -> None:
+    """Set the lr (and a warming-up momentum) of every param group for `step`."""
     mult = lr_at(step, cfg)
-    warm = bool(o.momentum_warmup_steps) and o.momentum is not None and o.momentum_warmup_from is not None
-    momentum = momentum_at(step, o.momentum_warmup_from, o.momentum, o.momentum_warmup_steps) if warm else None
+    momentum = cfg.optim.settings.momentum_at(step)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * mult
-        if warm and "momentum" in group:
+        if momentum is not None and "momentum" in group:
             group["momentum"] = momentum
-    return mult
