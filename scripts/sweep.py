@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if progress.failed else 0
 
 
-def _interrupt(signum, frame):
+def _interrupt(_signum, _frame):
     """SIGTERM stops the sweep like Ctrl-C."""
     raise KeyboardInterrupt
 

@@ -11,7 +11,6 @@ from training.config import (
     grad_accum_steps,
     load_config,
     parse_overrides,
-    replace,
     to_toml,
     validate,
 )
@@ -141,13 +140,6 @@ def test_to_toml_round_trip(tmp_path):
     p = tmp_path / "resolved.toml"
     p.write_text(to_toml(cfg))
     assert load_config(p) == cfg
-
-
-def test_replace_changes_only_named_fields():
-    cfg = load_config(SPEEDRUN)
-    new = replace(cfg, optim={"lr": 0.1}, seed=5)
-    assert new.optim.lr == 0.1 and new.seed == 5 and new.optim.settings == cfg.optim.settings
-    assert cfg.optim.lr == 0.05
 
 
 def test_optimizer_defaults_fill_unset_values_per_optimizer():

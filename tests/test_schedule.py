@@ -33,8 +33,14 @@ def test_momentum_warmup():
 
 
 def test_window_grows_in_blocks_to_the_record_maximum():
-    w = [window_at(s, 1770, 1728, True) for s in range(1771)]
+    w = [window_at(s, 1770, 1792, True) for s in range(1771)]
     assert w[0] == 128 and w[-1] == 1792
     assert all(x % 128 == 0 for x in w) and w == sorted(w)
+
+
+def test_window_never_exceeds_the_configured_one():
+    w = [window_at(s, 200, 192, True) for s in range(201)]
+    assert max(w) == 192 and w[0] == 128 and set(w) == {128, 192}
+    assert window_at(0, 10, 96, True) == 96  # smaller than a block: the window itself
     assert window_at(5, 100, 0, True) == 0  # no window configured: full attention
     assert window_at(5, 100, 1000, False) == 1000

@@ -350,15 +350,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return _build(Config(), _merge(values, parse_overrides(overrides or [])))
 
 
-def replace(cfg: Config, **sections) -> Config:
-    """`replace(cfg, optim={"lr": 0.1})`: a copy with some fields of some sections changed."""
-    changes = {}
-    for name, fields in sections.items():
-        section = getattr(cfg, name)
-        changes[name] = dataclasses.replace(section, **fields) if isinstance(fields, dict) else fields
-    return dataclasses.replace(cfg, **changes)
-
-
 def to_dict(obj) -> dict:
     """The config as nested plain values, laid out as in the TOML file ([optim.<name>] for the
     optimizer's settings)."""

@@ -28,11 +28,13 @@ def lr_multiplier(step: int, steps: int, warmup_steps: int, cooldown_frac: float
 
 
 def window_at(step: int, steps: int, window: int, warmup: bool) -> int:
-    """Attention window (tokens) for this step: 0 means full causal attention."""
+    """Attention window (tokens) for this step: 0 means full causal attention. With warm-up it grows
+    in whole 128-token blocks, ceil(window * step / steps / 128) * 128, from one block, and never
+    beyond `window` itself."""
     if window <= 0 or not warmup:
         return window
     grown = math.ceil(window * step / steps / BLOCK) * BLOCK
-    return max(BLOCK, grown)
+    return min(window, max(BLOCK, grown))
 
 
 def lr_at(step: int, cfg) -> float:

@@ -24,12 +24,13 @@ import torch
 
 from data.loader import TrainLoader, val_batches
 from model import GPT, flops_per_token
-from optimizers import build_optimizer
+from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.base import Optimizer
 from optimizers.grad_sync import GradSync
 from optimizers.sharded import drop_foreign_state, gather_state, plan_chunks, sharded_step
 from training import checkpoint as ckpt
 from training import schedule
+from training.atomic import remove_stale_tmp
 from training.config import Config, grad_accum_steps, to_toml
 from training.distributed import DistInfo, all_reduce_max_flag, all_reduce_mean, broadcast_object, broadcast_parameters
 from training.hardware import device_name, peak_memory_mib, peak_tflops, synchronize
@@ -78,6 +79,9 @@ class Trainer:
         resuming = cfg.checkpoint.resume != ""
         self.out = RunOutputs(self.run_dir, info.is_main, resume_step=self.step_count if resuming else None)
         self.log(f"run directory: {self.run_dir}")
+        if info.is_main:
+            for stale in remove_stale_tmp(self.run_dir) + remove_stale_tmp(ckpt.checkpoint_dir(self.run_dir)):
+                self.log(f"removed {stale.name}, left by a write that was killed")
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         if restarts:
             self.log(f"torchrun restart {restarts}: every rank restarts from the last checkpoint")
@@ -144,7 +148,9 @@ class Trainer:
         self.log(f"model: {n_params / 1e6:.2f}M parameters, width {m.width}, depth {m.depth}, "
                  f"attention {self.model.attention_kind(info.device)}, "
                  f"device {device_name(info.device, info.world_size)}, world size {info.world_size}, "
-                 f"grad accumulation {self.accum}, optimizer {self.cfg.optim.name}")
+                 f"grad accumulation {self.accum}")
+        lrs = ", ".join(f"{g['role']} {g['initial_lr']:g}" for g in self.optimizer.param_groups)
+        self.log(f"optimizer {self.cfg.optim.name} ({OPTIMIZERS[self.cfg.optim.name].about}); peak lr per role: {lrs}")
         if info.device.type != "cuda" and (m.compile or m.bf16):
             self.log("note: model.compile and model.bf16 apply on CUDA only; this CPU run uses fp32 eager mode")
 
