@@ -7,22 +7,26 @@
 It parses the config and its dotted overrides (training/config.py), joins the process group
 (NCCL on GPU, gloo on CPU), runs a training.Trainer (set up, steps, validation, checkpoints,
 summary) and maps the outcome to an exit code:
-0 done, 2 config or data error, 3 diverged, 4 collective failure, 130 interrupted.
+0 done, 1 failed (an unexpected error: the summary says failed, the traceback is in the run's
+log.txt), 2 config, data or checkpoint error (found before anything is written, or mid-run),
+3 diverged, 4 collective failure (another rank crashed or stalled), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 
-from data.loader import DataNotFoundError
+from data.loader import DataError, DataNotFoundError
 from data.shard import ShardError
 from training import distributed
+from training.checkpoint import CheckpointError
 from training.config import ConfigError, load_config, to_toml, validate
-from training.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK
+from training.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from training.trainer import train
 
 REPO = Path(__file__).resolve().parent
@@ -56,17 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     info = distributed.init_distributed(cfg.device, cfg.distributed.timeout_s)
     try:
         distributed.check_same_everywhere(info, to_toml(cfg), distributed.code_hash(REPO))
-        summary = train(cfg, info)
-    except (ConfigError, DataNotFoundError, ShardError) as e:
+        summary = train(cfg, info, {"config_file": config_path, "overrides": overrides})
+    except (ConfigError, DataError, DataNotFoundError, ShardError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except RuntimeError as e:
-        if not (info.active and _collective_failure(e)):
-            raise
-        print(f"error on rank {info.rank}: a collective operation failed: {e}\n"
-              f"Another rank probably crashed or stalled (see its log), or did not reach the same point within "
-              f"distributed.timeout_s = {cfg.distributed.timeout_s:g} s.", file=sys.stderr)
-        return EXIT_COLLECTIVE
+    except Exception as e:
+        if info.active and _collective_failure(e):
+            print(f"error on rank {info.rank}: a collective operation failed: {e}\n"
+                  f"Another rank probably crashed or stalled (see its log), or did not reach the same point within "
+                  f"distributed.timeout_s = {cfg.distributed.timeout_s:g} s.", file=sys.stderr)
+            return EXIT_COLLECTIVE
+        traceback.print_exc()
+        print(f"error on rank {info.rank}: {type(e).__name__}: {e} (the run's summary.json says failed)",
+              file=sys.stderr)
+        return EXIT_FAILED
     finally:
         distributed.shutdown()
     return EXIT_OF_STATUS[summary["status"]]

@@ -26,6 +26,10 @@ class DataNotFoundError(FileNotFoundError):
     """No data files were found; the message says how to get them."""
 
 
+class DataError(ValueError):
+    """The data cannot serve the run as configured; the message names the files and the numbers."""
+
+
 def find_shards(pattern):
     """Return the sorted files matching the glob ``pattern``; raise if there are none."""
     files = sorted(glob.glob(pattern))
@@ -58,7 +62,7 @@ def _resolve_files(files):
     return files
 
 
-def check_vocab(tokens, vocab_size, path):
+def check_vocab(tokens, vocab_size, path, key="model.vocab_size"):
     """Raise ShardError if ``tokens`` (read from ``path``) holds an id >= ``vocab_size``."""
     if vocab_size is None or len(tokens) == 0:
         return
@@ -67,7 +71,7 @@ def check_vocab(tokens, vocab_size, path):
     position = int(np.argmax(tokens >= vocab_size))
     raise ShardError(
         f"{path}: token id {int(tokens[position])} at position {position} "
-        f"is >= vocab_size {vocab_size}"
+        f"is >= {key} = {vocab_size}: the shards were made with a larger vocabulary than the model's"
     )
 
 
@@ -168,6 +172,11 @@ class TrainLoader:
                 print(f"TrainLoader: starting epoch {epoch} over {len(self.files)} shard(s)",
                       flush=True)
         self._set_position(epoch=epoch, shard_index=shard_index, cursor=0)
+
+    def open(self):
+        """Open the current shard now (checking its token ids) instead of at the first batch."""
+        if self._tokens is None:
+            self._open_current_shard()
 
     # ----- rows -----------------------------------------------------------------
 

@@ -1,36 +1,67 @@
-"""The GPT of the NanoGPT speedrun.
+"""The GPT of the NanoGPT speedrun, and the plain GPT of the optimization benchmark (track 3).
 
-    x0 = rmsnorm(embed(idx))
+    x0 = norm(embed(idx))
     for each block:  x = a * x + b * x0                     (optional learned x0 mix)
-                     x = x + attn(rmsnorm(x))                (rotary, QK-norm, doc-causal mask)
-                     x = x + mlp(rmsnorm(x))                 (ReLU^2)
+                     x = x + attn(norm(x))                   (rotary, QK-norm, causal; doc mask, window)
+                     x = x + mlp(norm(x))                    (ReLU^2)
     U-net skips: the output of encoder block i is added, with a learned weight, to the input of
     the decoder block that mirrors it.
-    logits = cap * tanh(head(rmsnorm(x)) / cap)              (untied, zero-initialized head)
+    logits = cap(head(norm(x)))                              (untied, zero-initialized head;
+                                                              cap: tanh or algebraic, model/loss.py)
+
+The variants are switches of ModelConfig, each on its own:
+
+    speedrun records   value_embeds, skip_connections, x0_mix, window (+ window_pattern), document
+                       masking, tanh soft cap, no biases, norms without gains
+    track 3            bias (every linear layer), norm_gains (every RMSNorm but the QK-norm),
+                       doc_masking = false and window = 0 (plain causal attention over each row),
+                       softcap_kind = "algebraic", hidden_init = "normal", embed_bf16
+    Lipschitz          layer_norm = false (no RMSNorm anywhere: norm(x) = x), qk_norm = false,
+    transformer        activation = "gelu_scaled" (1-Lipschitz), attn_scale_rule = "inv_d" (logits
+    (Newhouse et al.,  q·k / head_dim), attn_out_scale = 1/3, logit_softcap = 0, and
+    2025)              residual = "convex": x = (1 − a)·x + a·f(x) for each attention and MLP branch,
+                       a = residual_scale / (2·depth); model/lipschitz.py bounds the Lipschitz
+                       constant of this family (configs/lipschitz_shakespeare.toml)
 
 Every parameter has a role, declared by the module that owns it: "embed" (token tables),
-"hidden" (weight matrices inside blocks), "head" (the output layer) or "scalar" (gains and mixing
-weights). Optimizers are built from roles, never from shapes.
+"hidden" (weight matrices inside blocks), "head" (the output layer) or "scalar" (gains, biases and
+mixing weights). Optimizers are built from roles, never from shapes.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.attention import CausalSelfAttention, make_mask
 from model.embeddings import ValueEmbeddings
+from model.loss import Head
 from model.masks import document_ids
 from model.mlp import MLP
+from model.norm import RMSNorm
 from model.roles import ROLES
 
 WINDOW_KINDS = ("L", "S")  # per block in model.window_pattern: 'L' attends over the window, 'S' over half of it
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # parameter dtypes (float64: numerical checks)
+RESIDUALS = ("add", "convex")  # model.residual: x + f(x) | (1 − a)·x + a·f(x), a = residual_scale / (2 depth)
+ATTN_SCALE_RULES = ("inv_sqrt_d", "inv_d")  # model.attn_scale = 0: logits scaled by 1/√head_dim | 1/head_dim
 
 
-def rms_norm(x: Tensor) -> Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+def attention_scale(cfg) -> float:
+    """The attention logit scale: model.attn_scale, or (0) the model.attn_scale_rule of head_dim."""
+    if cfg.attn_scale:
+        return cfg.attn_scale
+    return 1.0 / cfg.head_dim if cfg.attn_scale_rule == "inv_d" else cfg.head_dim**-0.5
+
+
+def branch_weight(cfg) -> float | None:
+    """a of the convex residual (1 − a)·x + a·f(x); None for the plain x + f(x)."""
+    return cfg.residual_scale / (2 * cfg.depth) if cfg.residual == "convex" else None
+
+
+def make_norm(cfg) -> nn.Module:
+    """The RMSNorm of a block, the embedding or the head; the identity with model.layer_norm = false."""
+    return RMSNorm(cfg.width, gain=cfg.norm_gains) if cfg.layer_norm else nn.Identity()
 
 
 class Block(nn.Module):
@@ -39,12 +70,16 @@ class Block(nn.Module):
         self.attn = None
         if has_attention:
             self.attn = CausalSelfAttention(
-                cfg.width, cfg.heads, cfg.head_dim, max_seq_len, scale=cfg.attn_scale,
+                cfg.width, cfg.heads, cfg.head_dim, max_seq_len, scale=attention_scale(cfg),
                 rope_base=cfg.rope_base, rope_fraction=cfg.rope_fraction, value_mix=cfg.value_embeds > 0,
+                bias=cfg.bias, init=cfg.hidden_init, qk_norm=cfg.qk_norm, out_scale=cfg.attn_out_scale,
             )
-        self.mlp = MLP(cfg.width, cfg.mlp_ratio)
+        self.mlp = MLP(cfg.width, cfg.mlp_ratio, bias=cfg.bias, init=cfg.hidden_init, activation=cfg.activation)
+        self.branch_weight = branch_weight(cfg)
         # x <- lambdas[0] * x + lambdas[1] * x0, starting as the identity
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0])) if cfg.x0_mix else None
+        self.norm1 = make_norm(cfg)  # before attention
+        self.norm2 = make_norm(cfg)  # before the MLP
 
     def param_roles(self) -> dict[str, str]:
         return {"lambdas": "scalar"} if self.lambdas is not None else {}
@@ -53,8 +88,12 @@ class Block(nn.Module):
         if self.lambdas is not None:
             x = self.lambdas[0] * x + self.lambdas[1] * x0
         if self.attn is not None:
-            x = x + self.attn(rms_norm(x), kind, mask, ve)
-        return x + self.mlp(rms_norm(x))
+            x = self.residual(x, self.attn(self.norm1(x), kind, mask, ve))
+        return self.residual(x, self.mlp(self.norm2(x)))
+
+    def residual(self, x: Tensor, branch: Tensor) -> Tensor:
+        a = self.branch_weight
+        return x + branch if a is None else (1 - a) * x + a * branch
 
 
 class GPT(nn.Module):
@@ -65,7 +104,8 @@ class GPT(nn.Module):
         self.cfg = cfg
         max_seq_len = max_seq_len or cfg.seq_len
         vocab, width = cfg.padded_vocab, cfg.width
-        self.embed = nn.Embedding(vocab, width)
+        self.embed = nn.Embedding(vocab, width)  # N(0, 1)
+        self.embed_norm = make_norm(cfg)
         self.value_embeds = (
             ValueEmbeddings(cfg.value_embeds, vocab, cfg.heads * cfg.head_dim, cfg.depth) if cfg.value_embeds else None
         )
@@ -73,17 +113,23 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, max_seq_len, i not in no_attn) for i in range(cfg.depth))
         self.n_skips = cfg.depth // 2 if cfg.skip_connections else 0
         self.skip_weights = nn.Parameter(torch.ones(self.n_skips)) if self.n_skips else None
-        self.head = nn.Linear(width, vocab, bias=False)
-        nn.init.zeros_(self.head.weight)
+        self.head_norm = make_norm(cfg)
+        self.head = Head(width, vocab, bias=cfg.bias, cap=cfg.logit_softcap, cap_kind=cfg.softcap_kind,
+                         chunk=cfg.loss_chunk, use_fp8=cfg.fp8_head)
         pattern = cfg.window_pattern or WINDOW_KINDS[0] * cfg.depth
         self.window_halved = [c == WINDOW_KINDS[1] for c in pattern]
-        self.to(DTYPES[cfg.dtype])
+        self.compute_dtype = DTYPES[cfg.dtype]  # the parameters' (embed_bf16: the table's rows are cast to it)
+        self.to(self.compute_dtype)
+        if cfg.embed_bf16:  # every token table, as the records store them (the rows are cast up on lookup)
+            self.embed.to(torch.bfloat16)
+            if self.value_embeds is not None:
+                self.value_embeds.to(torch.bfloat16)
 
     # ------------------------------------------------------------------------------------------
     def param_roles(self) -> dict[str, str]:
         """Name of every parameter -> its role. Each module declares the roles of its own
         parameters; an undeclared parameter is a bug and raises."""
-        roles = {"embed.weight": "embed", "head.weight": "head"}
+        roles = {"embed.weight": "embed"}
         if self.skip_weights is not None:
             roles["skip_weights"] = "scalar"
         for prefix, module in self.named_modules():
@@ -109,19 +155,25 @@ class GPT(nn.Module):
             kind = "flex" if device.type == "cuda" else "sdpa"
         return kind
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, window: Tensor | int | None = None):
+    def forward(self, idx: Tensor, targets: Tensor | None = None, window: Tensor | int | None = None,
+                accuracy: bool = False):
         """idx, targets: (B, T) token ids. window: attention window in tokens for 'L' blocks
         (0 = full causal; None = cfg.window); 'S' blocks use half of it.
-        Returns the mean cross-entropy loss if targets are given, else the logits (B, T, V)."""
+        Returns the mean cross-entropy loss if targets are given (computed a bounded chunk of tokens at
+        a time, model/loss.py), with `accuracy` the tensor [loss, top-1 accuracy] (validation), else
+        the logits (B, T, V)."""
+        x0 = self.embed_norm(self.embed(idx).to(self.compute_dtype))
+        return self.head(self.head_norm(self.trunk(x0, idx, window)), targets, accuracy)
+
+    def trunk(self, x0: Tensor, idx: Tensor, window: Tensor | int | None = None) -> Tensor:
+        """The blocks: x0 (B, T, width), the (normalized) embedding of idx, -> the last hidden state.
+        idx gives the document masks and the value embeddings (model/lipschitz.py feeds other x0)."""
         cfg = self.cfg
         if window is None:
             window = cfg.window
         kind = self.attention_kind(idx.device)
-        docs = document_ids(idx, cfg.eot_token)
-        long_mask = make_mask(kind, docs, window)
-        short_mask = make_mask(kind, docs, window // 2) if any(self.window_halved) else None
-
-        x = x0 = rms_norm(self.embed(idx))
+        long_mask, short_mask = self.masks(idx, kind, window)
+        x = x0
         ve = self.value_embeds(idx) if self.value_embeds is not None else [None] * cfg.depth
         skips: list[Tensor] = []
         first_decoder = cfg.depth - self.n_skips
@@ -133,14 +185,17 @@ class GPT(nn.Module):
             x = block(x, x0, kind, mask, ve[i])
             if i < self.n_skips:
                 skips.append(x)
+        return x
 
-        logits = self.head(rms_norm(x))
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # softcap and loss in >= fp32
-        if cfg.logit_softcap > 0:
-            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+    def masks(self, idx: Tensor, kind: str, window: Tensor | int):
+        """The attention masks of the 'L' blocks and of the 'S' blocks (None when there are none).
+        Without document masking every row is one document; without a window too, SDPA needs no mask."""
+        cfg = self.cfg
+        docs = document_ids(idx, cfg.eot_token) if cfg.doc_masking else torch.zeros_like(idx)
+        causal_only = not cfg.doc_masking and cfg.window == 0
+        long_mask = make_mask(kind, docs, window, causal_only, cfg.window_blocks)
+        short_mask = make_mask(kind, docs, window // 2, causal_only, cfg.window_blocks) if any(self.window_halved) else None
+        return long_mask, short_mask
 
 
 def flops_per_token(cfg, seq_len: int, window: int = 0) -> float:
@@ -151,8 +206,9 @@ def flops_per_token(cfg, seq_len: int, window: int = 0) -> float:
 
     where keys_b is the mean number of keys a query attends in block b: min(t + 1, w_b) averaged
     over positions t < seq_len, w_b being `window` for 'L' blocks and window // 2 for 'S' blocks
-    (0: full causal). Embedding lookups, norms, activations and the loss are not counted, nor is
-    document masking (the attention kernel skips only whole blocks outside a document)."""
+    (0: full causal); with model.window_blocks, min(t + 1, t mod 128 + 1 + 128 (w_b // 128 − 1)).
+    Embedding lookups, norms, activations and the loss are not counted, nor is document masking
+    (the attention kernel skips only whole blocks outside a document)."""
     inner = cfg.heads * cfg.head_dim
     attention = [i for i in range(cfg.depth) if i not in set(cfg.no_attention_layers)]
     matmul_params = cfg.depth * 2 * cfg.mlp_ratio * cfg.width**2 + len(attention) * 4 * inner * cfg.width
@@ -161,7 +217,10 @@ def flops_per_token(cfg, seq_len: int, window: int = 0) -> float:
     t = torch.arange(seq_len, dtype=torch.float64)
 
     def mean_keys(w: int) -> float:
-        return torch.minimum(t + 1, torch.tensor(float(w if w > 0 else seq_len))).mean().item()
+        if w <= 0:
+            return (t + 1).mean().item()
+        reach = t % 128 + 1 + 128 * (w // 128 - 1) if cfg.window_blocks else torch.full_like(t, float(w))
+        return torch.minimum(t + 1, reach).mean().item()
 
     keys = sum(mean_keys(window // 2 if pattern[i] == WINDOW_KINDS[1] else window) for i in attention)
     return 6 * matmul_params + 12 * inner * keys

@@ -1,7 +1,12 @@
-"""Initialization of hidden weight matrices shared by attention and MLP.
+"""Initialization of the hidden weight matrices (attention q/k/v, MLP in), chosen by model.hidden_init:
 
-Uniform with standard deviation 0.5 / sqrt(fan_in), the scale used by the modded-nanogpt records
-(half of PyTorch's default nn.Linear bound).
+    uniform   U(−a, a) with standard deviation 0.5 / sqrt(fan_in): the modded-nanogpt speedrun records
+              (half of PyTorch's default nn.Linear bound)
+    normal    N(0, 0.33 / fan_in): the optimization benchmark's plain GPT (track 3), whose variance is
+              that of PyTorch's default nn.Linear init, 1 / (3 fan_in)
+
+Output projections (attention out, MLP out, the head) are zero-initialized by their modules, biases
+too; fan_in is the last dimension of a (..., d_out, d_in) weight.
 """
 
 import math
@@ -9,9 +14,16 @@ import math
 import torch
 from torch import Tensor
 
+HIDDEN_INITS = ("uniform", "normal")
+
 
 @torch.no_grad()
-def init_hidden_(w: Tensor) -> Tensor:
+def init_hidden_(w: Tensor, kind: str = "uniform") -> Tensor:
     """w: (..., d_out, d_in), initialized in place."""
-    bound = math.sqrt(3) * 0.5 / math.sqrt(w.size(-1))
-    return w.uniform_(-bound, bound)
+    fan_in = w.size(-1)
+    if kind == "uniform":
+        bound = math.sqrt(3) * 0.5 / math.sqrt(fan_in)
+        return w.uniform_(-bound, bound)
+    if kind == "normal":
+        return w.normal_(0.0, math.sqrt(0.33 / fan_in))
+    raise ValueError(f"unknown hidden init {kind!r}; choose from {', '.join(HIDDEN_INITS)}")

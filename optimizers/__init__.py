@@ -1,5 +1,5 @@
 """The optimizer library: orthogonalization, norms and their duality maps, one module per optimizer
-(Muon, Scion, AdamW, Signum), and the registry that names them and builds one from parameter roles."""
+(Muon, Scion, AdamW, Signum, Shampoo, Prodigy, NorMuon), and the registry that names them and builds one from parameter roles."""
 
 from optimizers.muon import Muon
 from optimizers.norms import NORMS

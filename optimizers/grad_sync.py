@@ -1,17 +1,27 @@
 """Gradient reduction across ranks that starts while backward is still running.
 
+Gradients live in persistent flat buffers. At construction every parameter's `p.grad` becomes a
+view into its bucket's buffer, so backward adds into the buffer in place (torch accumulates into an
+existing p.grad), each reduction runs on the buffer itself without a copy, and `p.grad` is never
+rebound: an optimizer that keeps state in p.grad (Scion's light variant) sees the same tensor
+before and after the reduction. The trainer zeroes the gradients after each step (`zero_grads`)
+instead of dropping them.
+
 A hook on every parameter (`register_post_accumulate_grad_hook`) counts the gradients of its
 bucket as they arrive; when a bucket is complete, its reduction starts asynchronously and backward
 goes on. Two kinds of buckets:
 
     chunks   `world_size` same-shape matrices of a sharded optimizer group (optimizers/sharded.py):
-             a reduce-scatter delivers to each rank the averaged gradient of the one matrix it owns.
-    buckets  everything else, packed in backward order up to `bucket_bytes`: an all-reduce gives
-             every rank the averaged gradients.
+             the buffer has one slot per rank (slot r: the matrix rank r owns; a padding slot stays
+             zero), and a reduce-scatter delivers to each rank the averaged gradient of its matrix
+             into a persistent output buffer.
+    buckets  everything else, packed in backward order up to `bucket_bytes`, one dtype per bucket:
+             an all-reduce averages them in place.
 
-With gradient accumulation only the last micro-batch's backward reduces (`sync_this_backward`);
-earlier ones accumulate into p.grad locally. The optimizer waits for each chunk only when it is
-about to orthogonalize it (`wait_chunk`) and for the buckets when it steps the rest
+Averages use the backend's AVG operation where it has one (NCCL), else a SUM and a division
+(optimizers/collectives.py). With gradient accumulation only the last micro-batch's backward
+reduces (`sync_this_backward`); earlier ones accumulate locally. The optimizer waits for each chunk
+only when it is about to orthogonalize it (`wait_chunk`) and for the buckets when it steps the rest
 (`wait_replicated`). With overlap=False the same reductions start only after backward (for
 measuring what the overlap buys).
 """
@@ -22,20 +32,52 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from optimizers import collectives
 from optimizers.sharded import Chunk
 
 
 @dataclass
 class _Bucket:
-    params: list
+    params: list  # the parameters whose gradients are views into `buffer`
+    buffer: Tensor  # the flat gradients (a chunk: world_size slots of the chunk's shape)
+    views: list  # p.grad of each param, a view into `buffer`
     chunk: Chunk | None = None  # set for reduce-scatter buckets
+    output: Tensor | None = None  # a chunk's reduced slot: this rank's averaged gradient
     arrived: int = 0
     handle: object = None
-    buffer: Tensor | None = None
     launched: bool = False
+
+    def attach(self) -> None:
+        """Make each p.grad its view again (keeping a value that was put in its place)."""
+        for p, view in zip(self.params, self.views):
+            if p.grad is not view:
+                if p.grad is not None:
+                    view.copy_(p.grad)
+                else:
+                    view.zero_()
+                p.grad = view
+
+
+def _flat_bucket(params: list, chunk: Chunk | None = None) -> _Bucket:
+    """One flat zero buffer for `params` (in order; a chunk: one slot per rank, padding included),
+    and each p.grad set to its view into it."""
+    ref = params[0]
+    slots = chunk.params if chunk is not None else params
+    buffer = torch.zeros(sum(ref.numel() if p is None else p.numel() for p in slots), dtype=ref.dtype,
+                         device=ref.device)
+    views, offset = [], 0
+    for p in slots:
+        n = ref.numel() if p is None else p.numel()
+        if p is not None:
+            views.append(buffer[offset:offset + n].view_as(p))
+        offset += n
+    bucket = _Bucket(list(params), buffer, views, chunk)
+    if chunk is not None:
+        bucket.output = torch.empty(ref.numel(), dtype=ref.dtype, device=ref.device)
+    bucket.attach()
+    return bucket
 
 
 class GradSync:
@@ -46,10 +88,12 @@ class GradSync:
         self.chunks = chunks
         self.events: list[tuple] | None = [] if record else None  # ("grad", i) / ("launch", kind, b), for tests
         sharded = {id(p) for c in chunks for p in c.params if p is not None}
-        self.chunk_buckets = [_Bucket([p for p in c.params if p is not None], chunk=c) for c in chunks]
-        self.buckets = self._pack([p for p in params if id(p) not in sharded], bucket_bytes)
+        self.chunk_buckets = [_flat_bucket([p for p in c.params if p is not None], chunk=c) for c in chunks]
+        self.buckets = [_flat_bucket(group) for group in
+                        self._pack([p for p in params if id(p) not in sharded], bucket_bytes)]
         self._bucket_of = {id(p): b for b in self.chunk_buckets + self.buckets for p in b.params}
         self._index = {id(p): i for i, p in enumerate(params)}
+        self.divide = collectives.needs_division()
         self.sync_this_backward = True
         self.comm_wait_s = 0.0  # time spent blocked in waits (what the overlap did not hide)
         if overlap:
@@ -57,16 +101,17 @@ class GradSync:
                 p.register_post_accumulate_grad_hook(self._on_grad)
 
     @staticmethod
-    def _pack(params: list, bucket_bytes: int) -> list[_Bucket]:
+    def _pack(params: list, bucket_bytes: int) -> list[list]:
+        """Consecutive params up to `bucket_bytes` per bucket; a new bucket where the dtype changes."""
         buckets, current, size = [], [], 0
         for p in params:
+            if current and (p.dtype != current[0].dtype or size >= bucket_bytes):
+                buckets.append(current)
+                current, size = [], 0
             current.append(p)
             size += p.numel() * p.element_size()
-            if size >= bucket_bytes:
-                buckets.append(_Bucket(current))
-                current, size = [], 0
         if current:
-            buckets.append(_Bucket(current))
+            buckets.append(current)
         return buckets
 
     # ------------------------------------------------------------------------------------------
@@ -84,30 +129,14 @@ class GradSync:
 
     def _launch(self, bucket: _Bucket) -> None:
         bucket.launched = True
+        bucket.attach()  # a gradient that someone rebound goes back into the buffer first
         if self.events is not None:
             kind = "reduce_scatter" if bucket.chunk else "all_reduce"
             self.events.append(("launch", kind, id(bucket)))
         if bucket.chunk is not None:
-            self._launch_chunk(bucket)
+            bucket.handle = collectives.reduce_scatter_average(bucket.output, bucket.buffer)
         else:
-            grads = [self._grad(p) for p in bucket.params]
-            bucket.buffer = torch.cat([g.reshape(-1) for g in grads])
-            bucket.handle = dist.all_reduce(bucket.buffer, op=dist.ReduceOp.SUM, async_op=True)
-
-    def _launch_chunk(self, bucket: _Bucket) -> None:
-        chunk = bucket.chunk
-        ref = next(p for p in chunk.params if p is not None)
-        slots = [self._grad(p) if p is not None else torch.zeros_like(ref) for p in chunk.params]
-        stacked = torch.cat([g.reshape(-1) for g in slots])  # rank r's slot is the r-th flat segment
-        for p in chunk.params:  # the local, unreduced gradients are no longer needed
-            if p is not None:
-                p.grad = None
-        bucket.buffer = torch.empty(ref.numel(), dtype=ref.dtype, device=ref.device)
-        bucket.handle = dist.reduce_scatter_tensor(bucket.buffer, stacked, op=dist.ReduceOp.SUM, async_op=True)
-
-    @staticmethod
-    def _grad(p: Tensor) -> Tensor:
-        return p.grad if p.grad is not None else torch.zeros_like(p)  # unused params count as zero
+            bucket.handle = collectives.all_reduce_average(bucket.buffer)
 
     def finish_backward(self) -> None:
         """Start whatever has not started (everything, when overlap is off)."""
@@ -118,32 +147,34 @@ class GradSync:
     # ------------------------------------------------------------------------------------------
     # during the optimizer step
 
-    def _wait(self, bucket: _Bucket) -> None:
+    def _wait(self, bucket: _Bucket, result: Tensor) -> None:
         t0 = time.perf_counter()
         bucket.handle.wait()
         self.comm_wait_s += time.perf_counter() - t0
-        bucket.buffer /= self.world_size
+        if self.divide:
+            result /= self.world_size
 
     def wait_chunk(self, i: int) -> Tensor:
         """The averaged gradient of this rank's matrix in chunk i (zeros for a padding slot)."""
         bucket = self.chunk_buckets[i]
-        self._wait(bucket)
-        return bucket.buffer.view(bucket.chunk.shape)
+        self._wait(bucket, bucket.output)
+        return bucket.output.view(bucket.chunk.shape)
 
     def wait_replicated(self) -> None:
-        """Wait for every all-reduce bucket and write the averaged gradients back to p.grad."""
+        """Wait for every all-reduce bucket: each p.grad then holds the averaged gradient."""
         for bucket in self.buckets:
-            self._wait(bucket)
-            offset = 0
-            for p in bucket.params:
-                n = p.numel()
-                p.grad = bucket.buffer[offset : offset + n].view_as(p)
-                offset += n
+            self._wait(bucket, bucket.buffer)
+
+    def zero_grads(self, params: list) -> None:
+        """After the step: zero the gradients of `params` in place (their buffers stay)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)
 
     def reset(self) -> None:
         """Before the next step's backward."""
         for bucket in self.chunk_buckets + self.buckets:
-            bucket.arrived, bucket.handle, bucket.buffer = 0, None, None
+            bucket.arrived, bucket.handle = 0, None
             bucket.launched = False
         if self.events is not None:
             self.events.clear()

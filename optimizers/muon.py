@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from optimizers.orthogonalize import orthogonalize
+from optimizers.prodigy import PRODIGY, ProdigyConfig, prodigy_group_settings, prodigy_metrics, prodigy_step
 from optimizers.sharded import ShardableOptimizer
 from optimizers.spec import (ADAMW, MomentumWarmup, OptimizerSettings, OptimizerSpec, Orthogonalizes, Role,
                              check_choice, check_positive, check_range)
@@ -61,9 +62,11 @@ class MuonConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
     head: Role = Role(ADAMW, lr=0.008)
     scalar: Role = Role(ADAMW, lr=0.04)
 
-    role_norms = {"embed": (ADAMW,), "hidden": ("spectral",), "head": (ADAMW,), "scalar": (ADAMW,)}
+    role_norms = {"embed": (ADAMW, PRODIGY), "hidden": ("spectral",), "head": (ADAMW, PRODIGY),
+                  "scalar": (ADAMW, PRODIGY)}
     role_rule = ("is not how Muon trains this role: hidden matrices in the spectral norm (orthogonalized "
-                 "updates), the other roles with its auxiliary AdamW (optim.name = 'scion' takes any norm per role)")
+                 "updates), the other roles with its auxiliary AdamW or Prodigy (optim.name = 'scion' takes any "
+                 "norm per role)")
 
     def check(self) -> None:
         super().check()
@@ -111,6 +114,33 @@ def adamw_step(p: Tensor, grad: Tensor, state: dict, lr: float, betas, eps: floa
     p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
 
 
+def adamw_foreach(params: list[Tensor], grads: list[Tensor], states: list[dict], lr: float, betas, eps: float,
+                  weight_decay: float) -> None:
+    """`adamw_step` for many tensors at once with torch's foreach kernels (a few fused launches
+    instead of several per tensor), in the same order of operations, so the same numbers."""
+    for state, p in zip(states, params):
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+    by_step: dict[int, list[int]] = {}  # tensors that took the same number of steps share a bias correction
+    for i, state in enumerate(states):
+        by_step.setdefault(state["step"], []).append(i)
+    beta1, beta2 = betas
+    for t, idx in by_step.items():
+        ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
+        ms, vs = [states[i]["exp_avg"] for i in idx], [states[i]["exp_avg_sq"] for i in idx]
+        torch._foreach_lerp_(ms, gs, 1 - beta1)
+        torch._foreach_lerp_(vs, torch._foreach_mul(gs, gs), 1 - beta2)
+        denom = torch._foreach_div(vs, 1 - beta2**t)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, eps)
+        if weight_decay:
+            torch._foreach_mul_(ps, 1 - lr * weight_decay)
+        torch._foreach_addcdiv_(ps, ms, denom, value=-lr / (1 - beta1**t))
+
+
 class Muon(ShardableOptimizer):
     """Muon for groups with algorithm="muon" (the default), AdamW for groups with algorithm="adamw".
 
@@ -129,8 +159,9 @@ class Muon(ShardableOptimizer):
                         method=method, steps=steps, backend=backend, shape_scale=shape_scale, betas=betas, eps=eps)
         super().__init__(params, defaults)
         for group in self.param_groups:
-            if group["algorithm"] not in ("muon", "adamw"):
-                raise ValueError(f"Muon param group algorithm must be 'muon' or 'adamw', got {group['algorithm']!r}")
+            if group["algorithm"] not in ("muon", *AUXILIARY):
+                raise ValueError(f"Muon param group algorithm must be 'muon', 'adamw' or 'prodigy', "
+                                 f"got {group['algorithm']!r}")
             if group["algorithm"] == "muon":
                 for p in group["params"]:
                     if p.ndim < 2:
@@ -153,7 +184,8 @@ class Muon(ShardableOptimizer):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(g)
             directions.append(muon_direction(g, state["momentum_buffer"], group["momentum"], group["nesterov"]))
-        U = orthogonalize(torch.stack(directions), group["method"], group["steps"], backend=group["backend"])
+        U = orthogonalize(torch.stack(directions), group["method"], group["steps"], backend=group["backend"],
+                          keep_dtype=True)  # bf16 on CUDA: the sharded step gathers half the bytes of fp32
         return list((U * shape_scale(group["shape_scale"], U.size(-2), U.size(-1))).unbind(0))
 
     @staticmethod
@@ -163,19 +195,46 @@ class Muon(ShardableOptimizer):
         p.add_(update.to(p.dtype), alpha=-group["lr"])
 
     def step_replicated(self) -> None:
+        """The auxiliary groups: AdamW's each in one foreach step, Prodigy's."""
         for group in self.param_groups:
             if not self.is_sharded(group):
-                for p in group["params"]:
-                    if p.grad is not None:
-                        adamw_step(p, p.grad, self.state[p], group["lr"], group["betas"], group["eps"],
-                                   group["weight_decay"])
+                auxiliary_step(group, self.state)
+
+    def metrics(self) -> dict[str, float]:
+        """The distance estimate d of each Prodigy role (empty without one)."""
+        return prodigy_metrics([g for g in self.param_groups if g["algorithm"] == PRODIGY])
+
+
+# The roles Muon (and NorMuon, Shampoo) do not orthogonalize: AdamW (role norm "adamw"), or Prodigy (role norm
+# "prodigy": optimizers/prodigy.py with ProdigyConfig's defaults; set that role's lr to 1, the multiplier of d).
+AUXILIARY = (ADAMW, PRODIGY)
+
+
+def auxiliary_step(group: dict, state: dict) -> None:
+    """One step of an auxiliary group: Prodigy's for algorithm "prodigy", else AdamW's (one foreach step)."""
+    if group["algorithm"] == PRODIGY:
+        prodigy_step(group, state)
+        return
+    params = [p for p in group["params"] if p.grad is not None]
+    adamw_foreach(params, [p.grad for p in params], [state[p] for p in params], group["lr"], group["betas"],
+                  group["eps"], group["weight_decay"])
+
+
+def role_groups(groups: list[dict], matrix_algorithm: str) -> list[dict]:
+    """The registry's role groups made the optimizer's: the "spectral" role (hidden) gets
+    `matrix_algorithm`, the others their norm's auxiliary algorithm (AUXILIARY), with Prodigy's settings."""
+    for g in groups:
+        norm = g.pop("norm")
+        g["algorithm"] = matrix_algorithm if norm == "spectral" else norm
+        g.pop("scale")
+        if norm == PRODIGY:
+            g.update(prodigy_group_settings(ProdigyConfig()))
+    return groups
 
 
 def build(groups: list[dict], s: MuonConfig, device: torch.device) -> Muon:
-    """One group per role: the "spectral" role (hidden) is Muon's, the "adamw" ones its AdamW's."""
-    for g in groups:
-        g["algorithm"] = "muon" if g.pop("norm") == "spectral" else "adamw"
-        g.pop("scale")
+    """One group per role: the "spectral" role (hidden) is Muon's, the others its AdamW's or Prodigy's."""
+    role_groups(groups, "muon")
     return Muon(groups, momentum=s.momentum, nesterov=s.nesterov, method=s.orthogonalize, steps=s.ns_steps or None,
                 backend=s.backend, shape_scale=s.shape_scale, betas=tuple(s.adam_betas), eps=s.adam_eps)
 
@@ -183,5 +242,5 @@ def build(groups: list[dict], s: MuonConfig, device: torch.device) -> Muon:
 SPEC = OptimizerSpec(
     name="muon", lr=LR, settings=MuonConfig, build=build,
     about="Muon: momentum, then Newton-Schulz orthogonalization (spectral norm) for hidden matrices; "
-          "AdamW for the rest",
+          "AdamW (or Prodigy) for the rest",
 )

@@ -113,8 +113,10 @@ def iterate(X: Tensor, coeffs, backend: str = "auto") -> Tensor:
 
 
 def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int | None = None, *,
-                  dtype: torch.dtype | None = None, backend: str = "auto", eps: float = 1e-7) -> Tensor:
-    """Approximate U Vᵀ of each matrix in G (..., m, n); returns G's shape and dtype."""
+                  dtype: torch.dtype | None = None, backend: str = "auto", eps: float = 1e-7,
+                  keep_dtype: bool = False) -> Tensor:
+    """Approximate U Vᵀ of each matrix in G (..., m, n); returns G's shape, in G's dtype or, with
+    keep_dtype, in the dtype the iteration ran in (bf16 on CUDA: half the bytes to gather)."""
     if G.ndim < 2:
         raise ValueError(f"orthogonalization needs matrices (..., m, n), got shape {tuple(G.shape)}")
     if backend not in BACKENDS:
@@ -134,7 +136,7 @@ def orthogonalize(G: Tensor, method: str = "newton_schulz", steps: int | None = 
     X = (X / (norm + eps)).contiguous()
     X = iterate(X, coeffs, backend).reshape(*batch_shape, m, n)
     X = X.mT if tall else X
-    return X.to(G.dtype)
+    return X if keep_dtype else X.to(G.dtype)
 
 
 def _svd_orthogonalize(G: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from optimizers import adamw, muon, scion, signum
+from optimizers import adamw, muon, normuon, prodigy, scion, shampoo, signum
 from optimizers.spec import OptimizerSpec, role_lr
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
@@ -17,6 +17,9 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     scion.SPEC,
     adamw.SPEC,
     signum.SPEC,
+    shampoo.SPEC,
+    prodigy.SPEC,
+    normuon.SPEC,
 )}
 
 

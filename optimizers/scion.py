@@ -172,8 +172,14 @@ class Scion(ShardableOptimizer):
         for group in self.param_groups:
             if group["light"]:
                 for p in group["params"]:
-                    if "momentum_buffer" in self.state[p]:
-                        p.grad = self.state[p]["momentum_buffer"]
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        continue
+                    if p.grad is None:
+                        p.grad = state["momentum_buffer"]
+                    else:  # keep the tensor p.grad is (a view into a gradient bucket, optimizers/grad_sync.py)
+                        p.grad.copy_(state["momentum_buffer"])
+                        state["momentum_buffer"] = p.grad
 
     @torch.no_grad()
     def init_parameters(self) -> None:

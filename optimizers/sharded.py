@@ -11,8 +11,9 @@ backward; the last chunk of a shape is padded. Rank r owns slot r of every chunk
        chunk i + 1 is being orthogonalized,
     4. every rank applies every update of the chunk with the optimizer's `apply_update`.
 
-The momentum of a matrix lives on its owner only; `gather_state` copies it to every rank before a
-checkpoint, so checkpoints have the single-process layout and resume on any number of ranks.
+The momentum of a matrix (all of its state: `sharded_state` names it) lives on its owner only;
+`gather_state` copies it to every rank before a checkpoint, so checkpoints have the single-process
+layout and resume on any number of ranks.
 With one process none of this runs: the optimizer's own step batches all matrices of a shape.
 """
 
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from optimizers import collectives
 from optimizers.base import Optimizer
 
 
@@ -60,6 +62,12 @@ class ShardableOptimizer(Optimizer):
 
     def step_replicated(self) -> None:
         raise NotImplementedError
+
+    def sharded_state(self, group: dict, p: Tensor) -> dict[str, Tensor]:
+        """The state of one sharded matrix, zero-filled, with every key its owner holds after a step:
+        what the other ranks allocate to receive the owner's copy (`gather_state`). Momentum only,
+        unless the optimizer keeps more per matrix (Shampoo's factors, NorMuon's second moment)."""
+        return {"momentum_buffer": torch.zeros_like(p)}
 
     def update(self) -> None:
         for group in self.param_groups:
@@ -119,7 +127,7 @@ def sharded_step(optimizer, sync, rank: int, world_size: int) -> int:
         else:  # padding slot: contribute zeros to the gather
             update = torch.zeros(chunk.shape, device=grad.device, dtype=grad.dtype)
         gathered = torch.empty(world_size * update.numel(), device=update.device, dtype=update.dtype)
-        handle = dist.all_gather_into_tensor(gathered, update.view(-1), async_op=True)
+        handle = collectives.all_gather(gathered, update.view(-1))
         gathered = gathered.view(world_size, *chunk.shape)
         pending.append((chunk, gathered, handle))
         if len(pending) > 1:  # the previous chunk's gather has had this chunk's compute to finish
@@ -143,13 +151,15 @@ def _apply(optimizer, chunk: Chunk, gathered: Tensor, handle) -> None:
 def gather_state(optimizer, chunks: list[Chunk]) -> None:
     """Copy every sharded matrix's optimizer state from its owner to all ranks (before saving)."""
     for chunk in chunks:
+        group = optimizer.param_groups[chunk.group_index]
         for owner, p in enumerate(chunk.params):
             if p is None:
                 continue
             state = optimizer.state[p]
-            if "momentum_buffer" not in state:  # a non-owner, or an owner before its first step
-                state["momentum_buffer"] = torch.zeros_like(p)
-            dist.broadcast(state["momentum_buffer"], src=owner)
+            for key, zeros in optimizer.sharded_state(group, p).items():
+                if key not in state:  # a non-owner, or an owner before its first step
+                    state[key] = zeros
+                dist.broadcast(state[key], src=owner)
 
 
 def drop_foreign_state(optimizer, chunks: list[Chunk], rank: int) -> None:

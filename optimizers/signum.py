@@ -50,18 +50,20 @@ class Signum(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
     def update(self) -> None:
+        """m <- β·m + (1 − β)·g;  W <- (1 − lr·λ)·W − lr·sign(m), each group in a few foreach kernels."""
         for group in self.param_groups:
             lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad)
-                m = state["momentum_buffer"].lerp_(p.grad, 1 - beta)
-                if wd:
-                    p.mul_(1 - lr * wd)
-                p.add_(torch.sign(m), alpha=-lr)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            ms = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_lerp_(ms, [p.grad for p in params], 1 - beta)
+            if wd:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_add_(params, torch._foreach_sign(ms), alpha=-lr)
 
 
 def build(groups: list[dict], s: SignumConfig, device: torch.device) -> Signum:

@@ -8,20 +8,33 @@ backward, or only after it) and distributed.shard_optimizer (each rank orthogona
 or every rank all matrices), it launches `torchrun --nproc_per_node=W` on this script in worker
 mode, times `--steps` training steps after `--warmup`, and records (rank 0, mean per step):
 
-    step_ms              the whole step
+    step_ms              the whole step (forward_backward_ms + optimizer_ms)
     forward_backward_ms  micro-batches, forward and backward (reductions started inside it)
     optimizer_ms         from the end of backward to updated weights (waits, orthogonalization, gathers)
-    comm_wait_ms         time blocked waiting for reductions: what the overlap did not hide
+    comm_wait_ms         time stalled waiting for the gradient reductions: what the overlap did not hide
+    gather_wait_ms       time stalled waiting for the all-gathers of the sharded updates
 
 and derives optimizer_fraction = optimizer_ms / step_ms and, per world size,
 hidden_fraction = 1 − comm_wait(overlap on) / comm_wait(overlap off). Writes one JSON file.
 On one GPU (or one process) only the single-process step can be measured: there is nothing to
 reduce, shard or hide; the JSON says so.
+
+How it times (the JSON's "timer"): on CUDA with CUDA events, never host clocks. An NCCL wait does
+not block the host: `work.wait()` only makes the current (compute) stream wait for the NCCL stream,
+so a host timer around it reads ~0 whatever the overlap did. Here every asynchronous collective of
+optimizers/collectives.py is wrapped from the outside (nothing in the library changes) so that its
+work's wait() is bracketed by two events recorded on the current stream: the first completes when
+the compute stream reaches the wait, the second when the collective is done too, so the time between
+them is how long the compute stream stood still for it (about 0 when the collective had already
+finished: fully hidden). The phases are events on the same stream (no host synchronization between
+them). On CPU (gloo) a wait blocks the host until the collective is done, so host clocks
+(time.perf_counter) measure the same thing there; the JSON labels them "host".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -39,6 +52,105 @@ sys.path.insert(0, str(REPO))
 from training.atomic import atomic_write_json  # noqa: E402
 
 VARIANTS = [dict(overlap=o, shard=s) for o in (True, False) for s in (True, False)]
+TIMERS = {
+    "cuda_events": "cuda_events: CUDA events on the compute stream (phases; each collective wait bracketed)",
+    "host": "host: time.perf_counter (CPU/gloo, where a wait blocks the host until the collective is done)",
+}
+# optimizers/collectives.py's asynchronous collectives, by what their waits count toward
+WAIT_KINDS = {"all_reduce_average": "comm_wait", "reduce_scatter_average": "comm_wait", "all_gather": "gather_wait"}
+
+
+class _Clock:
+    """Marks on the device's timeline: CUDA events on the current stream, or (CPU) host clocks."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.label = "cuda_events" if self.cuda else "host"
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def ms(self, start, end) -> float:
+        """Milliseconds between two marks (for events: call after they completed)."""
+        return start.elapsed_time(end) if self.cuda else 1000 * (end - start)
+
+
+class _TimedWork:
+    """A collective's work whose wait() is bracketed by two clock marks (appended to `log`)."""
+
+    def __init__(self, work, kind: str, clock: _Clock, log: list):
+        self._work, self._kind, self._clock, self._log = work, kind, clock, log
+
+    def wait(self, *args, **kwargs):
+        start = self._clock.mark()
+        done = self._work.wait(*args, **kwargs)
+        self._log.append((self._kind, start, self._clock.mark()))
+        return done
+
+    def __getattr__(self, name):
+        return getattr(self._work, name)
+
+
+@contextlib.contextmanager
+def timed_waits(clock: _Clock):
+    """While inside, every asynchronous collective of optimizers/collectives.py returns a work whose
+    wait is timed; yields the list that collects (kind, start mark, end mark) per wait."""
+    from optimizers import collectives
+
+    log: list = []
+    originals = {name: getattr(collectives, name) for name in WAIT_KINDS}
+
+    def wrap(name, fn):
+        def timed(*args, **kwargs):
+            work = fn(*args, **kwargs)
+            return work if work is None else _TimedWork(work, WAIT_KINDS[name], clock, log)
+        return timed
+
+    for name, fn in originals.items():
+        setattr(collectives, name, wrap(name, fn))
+    try:
+        yield log
+    finally:
+        for name, fn in originals.items():
+            setattr(collectives, name, fn)
+
+
+def time_phases(trainer, at: int, warmup: int, steps: int) -> dict:
+    """Mean milliseconds per step of forward+backward, the optimizer step, and the waits on the
+    gradient reductions and update gathers, over `steps` steps at schedule position `at` after
+    `warmup` untimed ones (module docstring: how)."""
+    from training.hardware import synchronize
+
+    clock = _Clock(trainer.info.device)
+    with timed_waits(clock) as waits:
+        for _ in range(warmup):
+            trainer.step(at)
+        synchronize(trainer.info.device)
+        waits.clear()
+        marks = []
+        for _ in range(steps):
+            first = len(waits)
+            m0 = clock.mark()
+            trainer.forward_backward(at)
+            m1 = clock.mark()
+            trainer.optimizer_step(at)
+            marks.append((m0, m1, clock.mark(), first, len(waits)))
+        synchronize(trainer.info.device)
+        rows = []
+        for m0, m1, m2, lo, hi in marks:
+            row = {"forward_backward_ms": clock.ms(m0, m1), "optimizer_ms": clock.ms(m1, m2),
+                   "comm_wait_ms": 0.0, "gather_wait_ms": 0.0}
+            for kind, start, end in waits[lo:hi]:
+                row[f"{kind}_ms"] += clock.ms(start, end)
+            rows.append(row)
+    mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0]}
+    step = mean["forward_backward_ms"] + mean["optimizer_ms"]
+    return {"timer": clock.label, "timed_steps": steps, "step_ms": step, **mean,
+            "optimizer_fraction": mean["optimizer_ms"] / step}
 
 
 def worker(args, overrides) -> None:
@@ -47,7 +159,7 @@ def worker(args, overrides) -> None:
     from training.trainer import Trainer
     from training.config import load_config, validate
     from training.distributed import env_world_size, init_distributed, shutdown
-    from training.hardware import device_name, synchronize
+    from training.hardware import device_name
 
     cfg = load_config(args.config, overrides)
     world = env_world_size()
@@ -65,31 +177,14 @@ def worker(args, overrides) -> None:
             barrier(info)
             files = broadcast_object(files, info)
         else:
-            files, _ = prepare_data(cfg, info, lambda *_: None)
+            files = prepare_data(cfg, info, lambda *_: None).train_files
         trainer = Trainer(cfg, info)
         trainer.build(files)
-        at = cfg.schedule.steps // 2
-        rows = []
-        for i in range(args.warmup + args.steps):
-            wait0 = trainer.sync.comm_wait_s if trainer.sync else 0.0
-            synchronize(info.device)
-            t0 = time.perf_counter()
-            trainer.forward_backward(at)
-            synchronize(info.device)
-            t1 = time.perf_counter()
-            trainer.optimizer_step(at)
-            synchronize(info.device)
-            t2 = time.perf_counter()
-            wait = (trainer.sync.comm_wait_s if trainer.sync else 0.0) - wait0
-            if i >= args.warmup:
-                rows.append((t1 - t0, t2 - t1, wait))
+        phases = time_phases(trainer, cfg.schedule.steps // 2, args.warmup, args.steps)
     if info.is_main:
-        mean = lambda xs: 1000 * statistics.mean(xs)  # noqa: E731
-        fb, opt, wait = (mean([r[k] for r in rows]) for k in range(3))
         result = dict(world_size=info.world_size, device=device_name(info.device, info.world_size),
                       overlap=cfg.distributed.overlap, shard_optimizer=cfg.distributed.shard_optimizer,
-                      step_ms=fb + opt, forward_backward_ms=fb, optimizer_ms=opt, comm_wait_ms=wait,
-                      optimizer_fraction=opt / (fb + opt), orthogonalized_by_rank0=trainer.orthogonalized)
+                      **phases, orthogonalized_by_rank0=trainer.orthogonalized)
         atomic_write_json(args.worker_out, result)
     shutdown()
 
@@ -151,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     if worlds == [1] or (gpus == 1):
         notes.append({"note": "one device: nothing to reduce, shard or hide; only the single-process step is measured"})
     out = {"config": args.config, "overrides": overrides, "torch_version": torch.__version__,
-           "gpus": gpus, "results": results, "summary": notes}
+           "gpus": gpus, "timer": TIMERS["cuda_events" if gpus else "host"], "results": results, "summary": notes}
     atomic_write_json(args.out, out)
     for n in notes:
         print(json.dumps({k: (round(x, 3) if isinstance(x, float) else x) for k, x in n.items()}))

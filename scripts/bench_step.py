@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
             need = (args.warmup + args.steps + 1) * (rows + 1) * (cfg.model.seq_len + 1)
             train_files = random_shards(Path(tmp.name), cfg.model.vocab_size, min(need, 2**31 - 1))
         else:
-            train_files, _ = prepare_data(cfg, info, print if info.is_main else lambda *_: None)
+            train_files = prepare_data(cfg, info, print if info.is_main else lambda *_: None).train_files
         trainer = Trainer(cfg, info)
         trainer.build(train_files)
         at = cfg.schedule.steps // 2 if args.at_step is None else args.at_step

@@ -4,10 +4,17 @@
     python scripts/records.py table
     python scripts/records.py check records/124m/2026-01-26_muon-baseline --target 3.28
     python scripts/records.py plot records/124m/2026-01-26_muon-baseline records/124m/... --out curves.png
+    python scripts/records.py add-study sweeps/lr_transfer_shakespeare --track cpu-shakespeare --name "lr transfer" \
+        --kind sweep --spec configs/sweeps/lr_transfer_shakespeare.toml
 
 A record is a folder `records/<track>/<YYYY-MM-DD>_<title>/` with one sub-folder per run (usually
 one per seed) holding the run's config.toml, log.txt, metrics.jsonl and summary.json, copied from
 the trainer's run directory (checkpoints stay behind). Nothing is ever overwritten.
+
+A study record (`add-study`: a benchmark or a sweep, scripts/benchmark.py and scripts/sweep.py)
+keeps a whole sweep folder the same way: `runs/<run id>/` with each run's four files (diverged runs
+too: they are results), its tables, figures and JSON, the spec, and `record.json` (kind, headline,
+figures, hardware) that the README's "Benchmarks and sweeps" table is made from.
 
 `check` and `plot` take record folders, run directories, or folders of run directories.
 `check` runs a one-sided one-sample t-test of "the mean final validation loss is below the
@@ -20,6 +27,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import re
 import shutil
 import statistics
@@ -34,6 +42,8 @@ from training.atomic import atomic_write_text  # noqa: E402
 RECORDS = REPO / "records"
 RUN_FILES = ("config.toml", "log.txt", "metrics.jsonl", "summary.json")
 RECORD_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(.+)$")
+STUDY_FILE = "record.json"  # marks a study record (a benchmark or a sweep); its runs are under runs/
+STUDY_SUFFIXES = (".md", ".csv", ".png", ".json", ".toml")  # the top-level files of a sweep folder a study keeps
 README_HEADER = """\
 # Records
 
@@ -152,6 +162,65 @@ def _check_addable(sources: list[Path], dest: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# add-study: a benchmark or a sweep as one record
+
+
+def add_study(folder: Path, track: str, title: str, kind: str, root: Path = RECORDS, date: str | None = None,
+              headline: str | None = None, extra_files: tuple = ()) -> Path:
+    """Copy a sweep folder (sweeps/<name>/, also a benchmark's) into root/<track>/<date>_<title>/:
+    each run's config, log, metrics and summary (those it has, whatever its status) under
+    runs/<run id>/, the failure records, the folder's top-level tables, figures and JSON (not
+    logs/: the runs' log.txt hold the same output), `extra_files` (the spec), then record.json.
+    The headline defaults to the "headline" of the folder's JSON files. Refused if the record exists."""
+    date = date or datetime.date.today().isoformat()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+        raise RecordError(f"date must look like YYYY-MM-DD, got {date!r}")
+    folder, dest = Path(folder), Path(root) / slug(track) / f"{date}_{slug(title)}"
+    runs = sorted(d for d in (folder / "runs").iterdir() if d.is_dir()) if (folder / "runs").is_dir() else []
+    if not runs:
+        raise RecordError(f"{folder} holds no runs/ folder with runs: not a sweep or benchmark folder")
+    if dest.exists():
+        raise RecordError(f"{dest} already exists; records are never overwritten")
+    tops = [f for f in sorted(folder.iterdir()) if f.is_file() and f.suffix in STUDY_SUFFIXES]
+    for path in [*tops, *map(Path, extra_files)]:
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / path.name)
+    for run in runs:
+        (dest / "runs" / run.name).mkdir(parents=True)
+        for name in RUN_FILES:
+            if (run / name).is_file():
+                shutil.copy2(run / name, dest / "runs" / run.name / name)
+    if (folder / "failures").is_dir():
+        shutil.copytree(folder / "failures", dest / "failures")
+    headline = headline or next((h for f in tops if f.suffix == ".json" for h in [_json_headline(f)] if h), "")
+    info = {"kind": kind, "title": title, "headline": headline, "runs": len(runs), "source": str(folder),
+            "figures": [f.name for f in tops if f.suffix == ".png"], "hardware": _hardware(runs)}
+    atomic_write_text(dest / STUDY_FILE, json.dumps(info, indent=1) + "\n")
+    return dest
+
+
+def _json_headline(path: Path) -> str:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    return data.get("headline", "") if isinstance(data, dict) else ""
+
+
+def _hardware(runs: list[Path]) -> str:
+    """The runs' devices; for CPU runs also this machine's processor and cores (the add is assumed
+    to run where the runs ran)."""
+    devices = _distinct(read_summary(r).get("device") for r in runs if (r / "summary.json").is_file())
+    if devices.lower() != "cpu":
+        return devices
+    model = ""
+    if Path("/proc/cpuinfo").is_file():
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    return f"cpu: {model or 'unknown processor'}, {os.cpu_count()} cores"
+
+
+# ----------------------------------------------------------------------------------------------
 # check: the p-value
 
 
@@ -259,8 +328,9 @@ def render_table(root: Path = RECORDS) -> str:
     """The whole records/README.md: a short header, then one table per track."""
     root = Path(root)
     records = load_records(root) if root.is_dir() else []
+    studies = load_studies(root) if root.is_dir() else []
     parts = [README_HEADER]
-    if not records:
+    if not records and not studies:
         parts.append("No records yet.\n")
     for track in dict.fromkeys(r.track for r in records):
         parts.append(f"## {track}\n")
@@ -268,7 +338,39 @@ def render_table(root: Path = RECORDS) -> str:
         parts.append("| --- | --- | --- | ---: | --- | ---: | ---: | --- |")
         parts += [table_row(r, root) for r in records if r.track == track]
         parts.append("")
+    if studies:
+        parts += [STUDIES_HEADER, "| record | track | date | kind | runs | result | figures | hardware |",
+                  "| --- | --- | --- | --- | ---: | --- | --- | --- |", *(study_row(s, root) for s in studies), ""]
     return "\n".join(parts)
+
+
+STUDIES_HEADER = """\
+## Benchmarks and sweeps
+
+Whole studies kept as one record each (`python scripts/records.py add-study`): the runs under
+`runs/`, the tables, figures and spec beside them.
+"""
+
+
+def load_studies(root: Path = RECORDS) -> list[dict]:
+    """Every root/<track>/<date>_<title>/ folder with a record.json, by track and date."""
+    studies = []
+    for path in sorted(Path(root).glob(f"*/*/{STUDY_FILE}")):
+        match = RECORD_NAME.match(path.parent.name)
+        if match:
+            studies.append({**json.loads(path.read_text()), "path": path.parent, "track": path.parent.parent.name,
+                            "date": match[1], "slug": match[2]})
+    return studies
+
+
+def study_row(study: dict, root: Path) -> str:
+    """One markdown row: record, track, date, kind, runs, headline, figures (links), hardware."""
+    link = study["path"].relative_to(root).as_posix()
+    figures = ", ".join(f"[{f}]({link}/{f})" for f in study.get("figures", [])) or "n/a"
+    cells = [f"[{study['slug']}]({link}/)", study["track"], study["date"], study.get("kind", "n/a"),
+             str(study.get("runs", "n/a")), (study.get("headline") or "n/a").replace("|", "/"), figures,
+             study.get("hardware", "n/a")]
+    return "| " + " | ".join(cells) + " |"
 
 
 def write_table(root: Path = RECORDS) -> Path:
@@ -344,6 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--track", required=True, help="e.g. 124m, cpu-smoke")
     p.add_argument("--name", required=True, help="the record's title")
     p.add_argument("--date", help="YYYY-MM-DD (default: today)")
+    p = sub.add_parser("add-study", help="copy a sweep or benchmark folder (sweeps/<name>/) into a new record")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--track", required=True, help="e.g. cpu-shakespeare")
+    p.add_argument("--name", required=True, help="the record's title")
+    p.add_argument("--kind", choices=("benchmark", "sweep"), default="sweep")
+    p.add_argument("--spec", type=Path, action="append", default=[], help="a file to keep with it (the spec)")
+    p.add_argument("--headline", help="the result in one line (default: the headline of the folder's JSON)")
+    p.add_argument("--date", help="YYYY-MM-DD (default: today)")
     sub.add_parser("table", help="regenerate records/README.md")
     p = sub.add_parser("check", help="one-sided t-test: is the mean final val loss below the target?")
     p.add_argument("dirs", nargs="+", type=Path)
@@ -365,6 +475,11 @@ def _dispatch(args) -> int:
     if args.command == "add":
         dest = add_record(args.runs, args.track, args.name, args.root, args.date)
         print(f"added {len(args.runs)} run(s) to {dest}")
+        print(f"table: {write_table(args.root)}")
+    elif args.command == "add-study":
+        dest = add_study(args.folder, args.track, args.name, args.kind, args.root, args.date, args.headline,
+                         tuple(args.spec))
+        print(f"added {args.folder} to {dest}")
         print(f"table: {write_table(args.root)}")
     elif args.command == "table":
         print(f"wrote {write_table(args.root)}")

@@ -20,9 +20,12 @@ uses (see configs/sweeps/smoke.toml). Everything goes to <out>/<name>/ (default 
     lr_transfer.png        the figure
 
 A run is finished when its summary.json says completed or diverged (a diverged run is a result:
-diverged = true, final_val_loss = nan). Re-running a spec skips finished runs, resumes runs that a
-stopped sweep left half done (--checkpoint.resume=latest), and leaves failed runs alone unless
---retry-failed. One run's failure never stops the others.
+diverged = true, final_val_loss = nan). A run that fails (summary status failed, a crash, a kill)
+is started again at once, from its last checkpoint, up to `retries` times (spec key, default 1;
+--retries), except after a config or data error (exit code 2), which would only repeat. Re-running
+a spec skips finished runs, resumes runs that a stopped sweep left half done
+(--checkpoint.resume=latest), and leaves failed runs alone unless --retry-failed. One run's failure
+never stops the others; results.csv lists each run's status, failed attempts and error.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", help="comma-separated GPU ids (default: all visible; 'none' for the CPU)")
     parser.add_argument("--gpus-per-run", type=int, help="GPUs per run (default: the spec's gpus_per_run)")
     parser.add_argument("--retry-failed", action="store_true", help="re-run runs whose failure was recorded")
+    parser.add_argument("--retries", type=int, help="automatic retries of a run that fails now (default: the "
+                                                    "spec's retries, 1); config errors are never retried")
     parser.add_argument("--dry-run", action="store_true", help="list the plan and each run's status; run nothing")
     parser.add_argument("--train-script", type=Path, default=TRAIN_SCRIPT, help=argparse.SUPPRESS)  # tests
     args = parser.parse_args(argv)
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; {skipped_failures} failed run(s) left alone (--retry-failed)" if skipped_failures else ""))
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        finished = Sweeper(spec, sweep, slots, progress, args.train_script).run_all(todo)
+        finished = Sweeper(spec, sweep, slots, progress, args.train_script, retries=args.retries).run_all(todo)
     finally:
         signal.signal(signal.SIGTERM, previous)
     write_results(spec, sweep, runs)

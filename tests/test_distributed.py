@@ -48,12 +48,20 @@ def assert_same_weights(a, b, atol):
     assert worst <= atol, f"largest weight difference {worst:.3g} > {atol:g}"
 
 
-@pytest.mark.parametrize("nproc, optim", [(2, "muon"), (2, "scion"), (2, "adamw"), (4, "muon"), (4, "scion")])
-def test_several_processes_end_with_the_weights_of_one(tmp_path, nproc, optim):
+@pytest.mark.parametrize("nproc, optim, flags", [
+    (2, "muon", ()), (2, "scion", ()), (2, "adamw", ()), (4, "muon", ()), (4, "scion", ()),
+    # momentum kept in p.grad: the reduction must not rebind it
+    pytest.param(2, "scion", ("--optim.scion.light=true",), id="2-scion-light"),
+    # reductions after backward, 2 micro-batches per step
+    pytest.param(2, "muon", ("--distributed.overlap=false", "--data.micro_batch_size=1"), id="2-muon-no-overlap-accum"),
+    # every rank orthogonalizes every matrix
+    pytest.param(2, "scion", ("--distributed.shard_optimizer=false",), id="2-scion-unsharded"),
+])
+def test_several_processes_end_with_the_weights_of_one(tmp_path, nproc, optim, flags):
     """Same global batch: each of N ranks takes 1/N of the rows. Depth 2 gives 2 matrices per
     shape, so with 4 ranks every chunk is padded (more ranks than matrices) and must still work."""
     args = [f"--optim.name={optim}", "--checkpoint.every=0", "--eval.every=0", "--data.micro_batch_size=2",
-            "--model.dtype=float64", *EPS]
+            "--model.dtype=float64", *EPS, *flags]
     out = torchrun(nproc, args, tmp_path, "many")
     assert out.returncode == 0, out.stderr[-3000:]
     assert train_gpt.main(["--config", SMOKE, *TINY, f"--log.dir={tmp_path}", "--log.run_id=one", *args]) == 0

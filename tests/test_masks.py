@@ -84,3 +84,31 @@ def test_block_mask_is_sparse_where_it_can_be():
 def test_block_mask_needs_block_multiple():
     with pytest.raises(ValueError, match="multiple of 128"):
         flex_block_mask(torch.zeros(1, 200, dtype=torch.long), 0)
+
+
+@pytest.mark.parametrize("window", [0, 128, 256, 384, 896])
+@pytest.mark.parametrize("doc_rate", [0.0, 0.01])
+def test_block_granular_window_matches_its_definition_and_the_block_mask(window, doc_rate):
+    """model.window_blocks: q sees k when causal, same document and (q//128) - (k//128) < window//128;
+    the flex block mask encodes exactly that (partial blocks evaluate only causal + document)."""
+    T = 8 * BLOCK
+    tokens = random_tokens(2, T, eot=777, p=doc_rate, seed=window + 1)
+    docs = document_ids(tokens, 777)
+    dense = dense_mask(docs, window, window_blocks=True)[:, 0]
+    pos = torch.arange(T)
+    in_window = (pos[:, None] // BLOCK - pos[None, :] // BLOCK < window // BLOCK) if window else True
+    assert torch.equal(dense, reference_mask(tokens, 777, 0) & in_window)
+    bm = flex_block_mask(docs, torch.tensor(window), window_blocks=True)
+    assert torch.equal(effective_block_mask(bm, T), dense)
+
+
+def test_block_granular_window_touches_no_more_blocks_than_the_record():
+    """The record's 1,792-token window touches 14 key blocks per query block (7 for the 'S' blocks'
+    896); the exact per-token window touches one partial block more."""
+    T = 32 * BLOCK
+    docs = torch.zeros(1, T, dtype=torch.long)
+    for window, blocks in ((1792, 14), (896, 7)):
+        by_block = flex_block_mask(docs, window, window_blocks=True)
+        by_token = flex_block_mask(docs, window)
+        touched = lambda bm: (bm.kv_num_blocks + bm.full_kv_num_blocks).max().item()  # noqa: E731
+        assert touched(by_block) == blocks and touched(by_token) == blocks + 1

@@ -178,6 +178,22 @@ def test_flops_per_token_is_about_6n_for_short_context():
     assert 6 * n < f < 6 * n * 1.2
 
 
+def test_flops_of_a_block_window_count_the_keys_its_mask_allows():
+    """model.window_blocks: the attention FLOPs follow the block-granular key count, checked against
+    the dense mask itself (one document, so the window alone limits the keys)."""
+    from model.masks import dense_mask
+
+    cfg = dataclasses.replace(ModelConfig(), window_pattern="", window_blocks=True, no_attention_layers=())
+    T, window = 2048, 1792
+    keys = dense_mask(torch.zeros(1, T, dtype=torch.long), window, window_blocks=True).sum().item() / T
+    attention = flops_per_token(cfg, T, window) - flops_per_token(cfg, T, 128)
+    per_key = 12 * cfg.heads * cfg.head_dim * cfg.depth
+    keys_128 = dense_mask(torch.zeros(1, T, dtype=torch.long), 128, window_blocks=True).sum().item() / T
+    assert attention == pytest.approx(per_key * (keys - keys_128))
+    exact = dataclasses.replace(cfg, window_blocks=False)
+    assert flops_per_token(cfg, T, window) < flops_per_token(exact, T, window)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.gpu
 def test_cuda_flex_bf16_agrees_with_fp32_fallback():

@@ -108,6 +108,21 @@ def test_muon_auxiliary_adamw_equals_torch_adamw():
         torch.testing.assert_close(a, b)
 
 
+def test_foreach_adamw_is_the_per_tensor_step_bitwise():
+    """Muon's AdamW groups step with foreach kernels (issue 13): same numbers as the reference loop."""
+    torch.manual_seed(0)
+    ps = [torch.randn(s, dtype=torch.float32) for s in [(5, 3), (7,), (4, 4)]]
+    ref = [p.clone() for p in ps]
+    states, ref_states = [{} for _ in ps], [{} for _ in ps]
+    for _ in range(4):
+        gs = [torch.randn_like(p) for p in ps]
+        muon_module.adamw_foreach(ps, gs, states, 0.01, (0.8, 0.95), 1e-10, 0.1)
+        for p, g, st in zip(ref, gs, ref_states):
+            muon_module.adamw_step(p, g, st, 0.01, (0.8, 0.95), 1e-10, 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(ps, ref))
+    assert [st["step"] for st in states] == [4, 4, 4]
+
+
 def test_muon_rejects_vectors_in_muon_groups():
     with pytest.raises(ValueError, match="belongs in an 'adamw' group"):
         Muon(params((5,)))
@@ -126,6 +141,22 @@ def test_adam_without_moving_averages_is_sign_descent():
     run(sign, ref, 4)
     for a, b in zip(ps, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_signum_foreach_step_equals_a_per_tensor_loop():
+    ps = params((6, 4), (5,), (3, 3))
+    ref = [p.detach().clone() for p in ps]
+    bufs = [torch.zeros_like(p) for p in ref]
+    opt = Signum(ps, lr=0.05, momentum=0.7, weight_decay=0.1)
+    for seed in range(3):
+        gs = grads_for(ps, seed)
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+        for w, m, g in zip(ref, bufs, gs):
+            m.lerp_(g, 0.3)
+            w.mul_(1 - 0.05 * 0.1).add_(torch.sign(m), alpha=-0.05)
+    assert all(torch.equal(p.detach(), w) for p, w in zip(ps, ref))
 
 
 def test_signum_equations():

@@ -103,3 +103,12 @@ def test_dtype_and_layout_are_kept():
     torch.testing.assert_close(Xt, X.mT, rtol=1e-5, atol=1e-5)
     assert orthogonalize(G.bfloat16(), "newton_schulz", dtype=torch.float32).dtype == torch.bfloat16
     assert torch.isfinite(orthogonalize(torch.zeros(5, 7), "polar_express")).all()
+
+
+def test_keep_dtype_returns_the_iteration_dtype():
+    """Muon asks for the iteration's dtype (bf16 on CUDA) so that sharded updates are gathered in it."""
+    G = torch.randn(3, 16, 24)
+    X = orthogonalize(G, "newton_schulz", dtype=torch.bfloat16, keep_dtype=True)
+    assert X.dtype == torch.bfloat16 and X.shape == G.shape
+    torch.testing.assert_close(X.float(), orthogonalize(G, "newton_schulz", dtype=torch.bfloat16), rtol=0, atol=0)
+    assert orthogonalize(G.double(), "cubic", keep_dtype=True).dtype == torch.float64  # CPU: as before

@@ -125,6 +125,7 @@ def test_add_copies_runs_and_never_overwrites(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(status="diverged"), "only completed runs"),
     (dict(status="interrupted"), "only completed runs"),
+    (dict(status="failed"), "only completed runs"),  # a crash mid-run is never a record
 ])
 def test_add_refuses_unfinished_runs(tmp_path, kwargs, message):
     run = make_run(tmp_path / "runs", "r", 3.3, **kwargs)

@@ -152,10 +152,15 @@ with open(os.environ["FAKE_CALLS"], "a") as f:
 if rank != 0:
     sys.exit(0)
 os.makedirs(run_dir, exist_ok=True)
-if lr == 0.4 and os.environ.get("FAKE_FAIL") == "1":
+fail = os.environ.get("FAKE_FAIL")
+if lr == 0.4 and (fail == "1" or (fail == "once" and not os.path.exists(os.path.join(run_dir, "failed_once")))):
+    open(os.path.join(run_dir, "failed_once"), "w").close()
     print("step:1/10 train_loss:5.0", flush=True)
     print("RuntimeError: fake crash", file=sys.stderr)
     sys.exit(1)
+if lr == 0.4 and fail == "config":
+    print("config error: fake bad key", file=sys.stderr)
+    sys.exit(2)
 status = "diverged" if lr == 0.3 else "completed"
 loss = 3.0 + (math.log2(lr) + 3) ** 2 / 10 + 1 / int(args["model.width"])
 summary = dict(status=status, final_val_loss=loss, steps=10, train_time_ms=1000.0 * lr, step_avg_ms=100.0)
@@ -198,7 +203,7 @@ def overlapping(a: dict, b: dict) -> bool:
 def test_scheduler_runs_one_per_gpu_and_resumes(fake, monkeypatch, capsys):
     run_sweep, sd = fake
     monkeypatch.setenv("FAKE_FAIL", "1")
-    code, calls = run_sweep("--gpus", "0,1,2,3")
+    code, calls = run_sweep("--gpus", "0,1,2,3", "--retries", "0")
     assert code == 1  # a failure is reported in the exit code, after every other run finished
     assert len(calls) == 8
     assert all(c["gpus"] in {"0", "1", "2", "3"} for c in calls)
@@ -221,7 +226,7 @@ def test_scheduler_runs_one_per_gpu_and_resumes(fake, monkeypatch, capsys):
     assert "8/8" not in out and "6/8 done, 2 failed" in out and "left" in out
 
     # second invocation: finished runs are skipped, failed ones are left alone
-    code, calls_again = run_sweep("--gpus", "0,1,2,3")
+    code, calls_again = run_sweep("--gpus", "0,1,2,3", "--retries", "0")
     assert code == 1 and len(calls_again) == len(calls)
     assert "0 to run" in capsys.readouterr().out
 
@@ -236,6 +241,26 @@ def test_scheduler_runs_one_per_gpu_and_resumes(fake, monkeypatch, capsys):
     assert sd.failures.joinpath(f"{failed['run_id']}.attempt1.txt").is_file()  # the old record is kept
     rows = list(csv.DictReader(sd.results.open()))
     assert [r["status"] for r in rows].count("completed") == 6
+
+
+@pytest.mark.parametrize("fail, calls_of_failing, status, attempts", [
+    ("once", 2, "completed", "1"),  # fails, is started again at once, resumes and completes
+    ("1", 2, "failed", "2"),  # fails twice: retries = 1 is spent, the table reports it
+    ("config", 1, "failed", "1"),  # a config error is never retried (it would fail the same way)
+])
+def test_failed_runs_are_retried_up_to_the_configured_count(fake, monkeypatch, capsys, fail, calls_of_failing,
+                                                             status, attempts):
+    run_sweep, sd = fake
+    monkeypatch.setenv("FAKE_FAIL", fail)
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    code, calls = run_sweep("--gpus", "0,1")
+    assert code == (0 if status == "completed" else 1)
+    failing = [c for c in calls if "lr-0.4" in c["run"]]
+    assert len(failing) == 2 * calls_of_failing  # two widths
+    assert all(c["resume"] == "latest" for c in failing[2:])  # a retry continues the run's directory
+    rows = [r for r in csv.DictReader(sd.results.open()) if r["optim.lr"] == "0.4"]
+    assert [r["status"] for r in rows] == [status] * 2 and [r["attempts_failed"] for r in rows] == [attempts] * 2
+    assert ("retry" in capsys.readouterr().out) == (fail != "config")
 
 
 def test_dry_run_lists_the_plan_and_runs_nothing(fake, capsys):
@@ -372,5 +397,5 @@ def test_failure_record_names_the_workers_error(tmp_path):
     error = runner.write_failure(sd, job, code=1, elapsed=3.0)
     assert error.startswith("config error: data.batch_tokens")
     record = sd.failure_file(run.run_id).read_text()
-    assert record.startswith("error: config error") and "exit code: 1 (crash)" in record and "old news" not in record
+    assert record.startswith("error: config error") and "exit code: 1 (failed" in record and "old news" not in record
     assert sd.error(run.run_id) == error

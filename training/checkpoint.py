@@ -59,5 +59,21 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+REQUIRED_KEYS = ("model", "optimizer", "loader", "rng", "counters", "step")
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint at `path`; CheckpointError (naming the file) if it cannot be read or lacks a part."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, zeroed, not a torch file, unpickling refused: all mean "unusable"
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              f"it is probably truncated or corrupt") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a checkpoint of this trainer")
+    return state

@@ -46,10 +46,29 @@ class ModelConfig:
     no_attention_layers: tuple[int, ...] = ()  # blocks without attention (MLP only)
     window: int = 0  # sliding-window size in tokens; 0 = full causal attention
     window_pattern: str = ""  # per block 'L' (window) or 'S' (window // 2); empty = all 'L'
+    window_blocks: bool = False  # the window counts whole 128-token key blocks, as the records do (model/masks.py)
     attention: str = "auto"  # "auto" (flex on CUDA, sdpa elsewhere) | "flex" | "sdpa"
     compile: bool = True  # torch.compile the model (CUDA only)
+    compile_warmup_steps: int = -1  # steps run and undone before the clock starts (compile, autotune); -1: 3 if compiling
     bf16: bool = True  # bf16 autocast (CUDA only); fp32 on CPU
     dtype: str = "float32"  # parameter dtype; "float64" is for numerical checks on CPU
+    # Track 3 (modded-nanogpt's optimization benchmark: configs/track3_*.toml) switches these on:
+    bias: bool = False  # every linear layer has a bias (q, k, v, attention out, MLP in and out, head)
+    norm_gains: bool = False  # every RMSNorm but the QK-norm has a learned gain (2 per block, embedding, head)
+    doc_masking: bool = True  # attention stays inside documents (split at eot_token); false: plain causal per row
+    softcap_kind: str = "tanh"  # logit cap: "tanh" cap*tanh(z/cap) | "algebraic" cap*z/sqrt(z^2+cap^2)
+    hidden_init: str = "uniform"  # q/k/v, MLP in: "uniform" std 0.5/sqrt(fan_in) | "normal" var 0.33/fan_in
+    embed_bf16: bool = False  # store the token tables (embedding, value embeddings) in bfloat16
+    fp8_head: bool = False  # the head's training matmuls in float8 with the record's scales (model/fp8.py; Hopper)
+    loss_chunk: int = 8192  # head + cap + loss: at most this many tokens' full-vocabulary logits at once
+    # The Lipschitz transformer (Newhouse et al. 2025; configs/lipschitz_*.toml; model/lipschitz.py) switches these:
+    layer_norm: bool = True  # RMSNorm after the embedding, before attention, the MLP and the head; false: none
+    qk_norm: bool = True  # RMSNorm of queries and keys inside attention
+    activation: str = "relu2"  # MLP: "relu2" relu(x)^2 | "gelu_scaled" GELU(x)/1.1289 (1-Lipschitz)
+    attn_scale_rule: str = "inv_sqrt_d"  # with attn_scale = 0: logits q.k/sqrt(head_dim) | "inv_d": q.k/head_dim
+    attn_out_scale: float = 1.0  # the heads' output times this before the out projection (the paper's 1/3)
+    residual: str = "add"  # "add" x + f(x) | "convex" (1 - a) x + a f(x) with a = residual_scale / (2 depth)
+    residual_scale: float = 1.0
 
     @property
     def padded_vocab(self) -> int:
@@ -109,9 +128,14 @@ class ScheduleConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = 125  # validate every this many steps (and always at the end); 0 = only at the end
-    tokens: int = 10_485_760  # always the same first tokens of the validation shards
+    every_late: int = 0  # in the last `late_frac` of the steps validate every this many steps instead; 0 = off
+    late_frac: float = 0.1
+    at_start: bool = True  # also validate before the first step (when eval.every > 0)
+    tokens: int = 10_485_760  # the final validation: always the same first tokens of the validation shards
+    interval_tokens: int = 0  # the validations before the final one read the first this many (at most eval.tokens); 0 = all
     seq_len: int = 0  # 0 = model.seq_len
-    batch_size: int = 1  # rows per rank
+    batch_size: int = 0  # rows per rank per forward pass; 0 = as many as fit in EVAL_AUTO_TOKENS tokens
+    target: float = 0.0  # report the first validation at or below this loss (steps_to_target); 0 = none
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,39 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class RoleConstraintConfig:
+    """[constraint.embed], [constraint.head]: the constraint of that role (training/constrain.py)."""
+
+    method: str = "none"  # head: as constraint.method; embed: "none" | "row_rms_cap" (each row's RMS <= max_norm)
+    max_norm: float = 1.0  # head: beta, as constraint.max_norm; embed: the largest RMS of a row
+    update_norm: float = 0.0  # head soft cap: as constraint.update_norm (0: automatic, Muon's hidden role only)
+
+
+@dataclass(frozen=True)
+class ConstraintConfig:
+    """[constraint]: weight-norm constraints right after every optimizer step, on the hidden matrices (and,
+    in their own tables, the embedding and the head), and the Lipschitz bound in the logs. Methods: see
+    optimizers/constraints.py; how they run: training/constrain.py; the bound: model/lipschitz.py."""
+
+    # hidden matrices: none | spectral_normalize | spectral_hammer | spectral_soft_cap | spectral_hard_cap | hyperball
+    method: str = "none"
+    max_norm: float = 1.0  # beta: bound on sigma_max (with shape_scaled: on the RMS->RMS norm sqrt(d_in/d_out) sigma_max)
+    update_norm: float = 0.0  # soft cap: sigma of one update per unit lr, in max_norm's units; 0: auto (Muon)
+    ns_overshoot: float = 1.2  # auto update_norm: Muon's shape scale x this (Newton-Schulz overshoots 1)
+    shape_scaled: bool = False  # max_norm bounds the RMS->RMS norm (the paper's), not sigma_max itself
+    power_iters: int = 16  # power iterations for a matrix seen the first time ...
+    power_iters_warm: int = 2  # ... and afterwards, from the stored vector
+    polish_steps: int = 3  # hard cap: modular-quintic steps after Polar Express's five
+    skip_margin: float = 0.05  # hard cap: matrices with sigma <= (1 - margin) beta keep their bits
+    dtype: str = "auto"  # soft / hard cap iterations: auto (bf16 on CUDA, fp32 else) | bfloat16 | float32 | float64
+    backend: str = "auto"  # hard cap's polar / sign iterations: auto | torch | triton
+    at_init: bool = True  # also constrain the initial weights (before step 1)
+    log_bound: str = "auto"  # lipschitz_bound at validations: auto (when model/lipschitz.py covers it) | always | never
+    embed: RoleConstraintConfig = field(default_factory=RoleConstraintConfig)
+    head: RoleConstraintConfig = field(default_factory=RoleConstraintConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -152,6 +209,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    constraint: ConstraintConfig = field(default_factory=ConstraintConfig)
 
     @property
     def eval_seq_len(self) -> int:
@@ -414,6 +472,45 @@ def grad_accum_steps(cfg: Config, world_size: int) -> int:
     return rows // (world_size * cfg.data.micro_batch_size)
 
 
+EVAL_AUTO_TOKENS = 16384  # eval.batch_size = 0: at most this many tokens per rank per forward pass (>= 1 row)
+
+
+def eval_batch_size(cfg: Config, world_size: int) -> int:
+    """Rows per rank per validation forward pass: eval.batch_size, or for 0 the largest number of rows
+    that holds at most EVAL_AUTO_TOKENS tokens (at least one row) and divides the rows of both the
+    final and the interval validation."""
+    e = cfg.eval
+    if e.batch_size:
+        return e.batch_size
+    per_rank = world_size * cfg.eval_seq_len
+    rows = math.gcd(e.tokens // per_rank, interval_tokens(cfg) // per_rank)
+    cap = max(1, EVAL_AUTO_TOKENS // cfg.eval_seq_len)
+    return max(d for d in range(1, min(rows, cap) + 1) if rows % d == 0) if rows else 1
+
+
+def interval_tokens(cfg: Config) -> int:
+    """Tokens of the validations before the final one."""
+    return min(cfg.eval.interval_tokens or cfg.eval.tokens, cfg.eval.tokens)
+
+
+def eval_tokens(cfg: Config, step: int) -> int:
+    """Validation tokens at `step`: all of eval.tokens at the end, the interval tokens before."""
+    return cfg.eval.tokens if step >= cfg.schedule.steps else interval_tokens(cfg)
+
+
+def eval_due(cfg: Config, step: int) -> bool:
+    """Whether to validate after `step` steps: at the end; every eval.every steps (at step 0 too when
+    eval.at_start); every eval.every_late steps in the last eval.late_frac of the run."""
+    e, steps = cfg.eval, cfg.schedule.steps
+    if step >= steps:
+        return True
+    if step == 0:
+        return e.at_start and e.every > 0
+    if e.every_late and step >= steps * (1 - e.late_frac) and step % e.every_late == 0:
+        return True
+    return e.every > 0 and step % e.every == 0
+
+
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Raise ConfigError for any combination that cannot run on `world_size` processes."""
     _choice("device", cfg.device, ("auto", "cpu", "cuda"))
@@ -422,13 +519,30 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _validate_batches(cfg, world_size)
     _validate_schedule(cfg.schedule)
     _validate_optim(cfg.optim)
+    _validate_constraint(cfg)
     _check(cfg.log.every > 0, f"log.every must be positive, got {cfg.log.every}")
+    _check_run_id(cfg.log.run_id)
     _check(cfg.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {cfg.checkpoint.every}")
     _check(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")
     _check(cfg.distributed.bucket_mb > 0, f"distributed.bucket_mb must be positive, got {cfg.distributed.bucket_mb}")
     _check(cfg.distributed.timeout_s > 0, f"distributed.timeout_s must be positive, got {cfg.distributed.timeout_s}")
     if cfg.data.synthetic:
         _check(cfg.model.vocab_size <= 65536, "data.synthetic needs model.vocab_size <= 65536 (uint16 shards)")
+        for key in ("train_files", "val_files"):  # naming files means using them: never a silent substitution
+            value = getattr(cfg.data, key)
+            _check(value == getattr(DataConfig, key),
+                   f"data.{key} = {value!r} names data files, but data.synthetic = true (set by the config"
+                   f"{' ' + repr(cfg.name) if cfg.name else ''}) would train on generated synthetic shards instead: "
+                   f"add --data.synthetic=false to train on these files")
+
+
+def _check_run_id(run_id: str) -> None:
+    """A run id names one folder inside log.dir: no path separators, not '.' or '..', no leading dot."""
+    _check(
+        "/" not in run_id and "\\" not in run_id and not run_id.startswith(".") and run_id.strip() == run_id,
+        f"log.run_id = {run_id!r} must be a plain folder name (no '/', no leading '.', no surrounding spaces): "
+        f"runs go to log.dir/<run_id>; choose the parent folder with log.dir",
+    )
 
 
 def _check_finite(cfg: Config) -> None:
@@ -448,6 +562,8 @@ def _check_finite(cfg: Config) -> None:
 def _validate_model(m: ModelConfig) -> None:
     from model.attention import ATTENTION_KINDS
     from model.gpt import DTYPES, WINDOW_KINDS
+    from model.linear import HIDDEN_INITS
+    from model.loss import SOFTCAP_KINDS
 
     _choice("model.attention", m.attention, ATTENTION_KINDS)
     _choice("model.dtype", m.dtype, tuple(DTYPES))
@@ -471,7 +587,37 @@ def _validate_model(m: ModelConfig) -> None:
             f"got {m.window_pattern!r}",
         )
         _check(m.window > 0, "model.window_pattern needs model.window > 0")
+    if m.window_blocks:
+        _check(m.window % 128 == 0 and m.window >= 256 if m.window_pattern else m.window % 128 == 0,
+               f"model.window_blocks counts the window in 128-token blocks: model.window ({m.window}) must be a "
+               f"multiple of 128 (and at least 256 with 'S' blocks, which get half of it)")
     _check(m.logit_softcap >= 0, f"model.logit_softcap must be >= 0, got {m.logit_softcap}")
+    _check(m.compile_warmup_steps >= -1, f"model.compile_warmup_steps must be >= 0 (or -1: automatic), got "
+                                         f"{m.compile_warmup_steps}")
+    _choice("model.softcap_kind", m.softcap_kind, SOFTCAP_KINDS)
+    _check(m.softcap_kind == "tanh" or m.logit_softcap > 0,
+           f"model.softcap_kind = {m.softcap_kind!r} needs model.logit_softcap > 0 (0 turns the cap off)")
+    _choice("model.hidden_init", m.hidden_init, HIDDEN_INITS)
+    _check(m.loss_chunk > 0, f"model.loss_chunk must be positive (tokens per chunk of the loss), got {m.loss_chunk}")
+    _check(not (m.embed_bf16 and m.dtype == "float64"),
+           "model.embed_bf16 stores the embedding in bfloat16, which defeats model.dtype = 'float64' (numerical "
+           "checks): turn one of them off")
+    _validate_lipschitz_switches(m)
+
+
+def _validate_lipschitz_switches(m: ModelConfig) -> None:
+    from model.gpt import ATTN_SCALE_RULES, RESIDUALS
+    from model.mlp import ACTIVATIONS
+
+    _choice("model.activation", m.activation, ACTIVATIONS)
+    _choice("model.attn_scale_rule", m.attn_scale_rule, ATTN_SCALE_RULES)
+    _choice("model.residual", m.residual, RESIDUALS)
+    _check(m.attn_out_scale > 0, f"model.attn_out_scale must be positive, got {m.attn_out_scale}")
+    _check(0 < m.residual_scale <= 2 * m.depth,
+           f"model.residual_scale must be in (0, 2 x model.depth = {2 * m.depth}] (the branch weight "
+           f"residual_scale / (2 depth) is at most 1), got {m.residual_scale}")
+    _check(m.layer_norm or not m.norm_gains,
+           "model.norm_gains are the gains of the RMSNorms, but model.layer_norm = false removes them: turn one off")
 
 
 def _validate_batches(cfg: Config, world_size: int) -> None:
@@ -483,14 +629,20 @@ def _validate_batches(cfg: Config, world_size: int) -> None:
         f"data.batch_tokens ({d.batch_tokens}) must be a positive multiple of world size ({world_size}) "
         f"x data.micro_batch_size ({d.micro_batch_size}) x model.seq_len ({m.seq_len}) = {per_step}",
     )
-    eval_rows = world_size * e.batch_size * cfg.eval_seq_len
-    _check(e.batch_size > 0, f"eval.batch_size must be positive, got {e.batch_size}")
-    _check(
-        e.tokens > 0 and e.tokens % eval_rows == 0,
-        f"eval.tokens ({e.tokens}) must be a positive multiple of world size ({world_size}) x eval.batch_size "
-        f"({e.batch_size}) x eval sequence length ({cfg.eval_seq_len}) = {eval_rows}",
-    )
+    _check(e.batch_size >= 0, f"eval.batch_size must be >= 0 (0: automatic), got {e.batch_size}")
+    batch = e.batch_size or 1
+    eval_rows = world_size * batch * cfg.eval_seq_len
+    for key, tokens in (("eval.tokens", e.tokens), ("eval.interval_tokens", interval_tokens(cfg))):
+        _check(
+            tokens > 0 and tokens % eval_rows == 0,
+            f"{key} ({tokens}) must be a positive multiple of world size ({world_size}) x eval.batch_size "
+            f"({batch}) x eval sequence length ({cfg.eval_seq_len}) = {eval_rows}",
+        )
+    _check(e.interval_tokens >= 0, f"eval.interval_tokens must be >= 0 (0: all of eval.tokens), got {e.interval_tokens}")
     _check(e.every >= 0, f"eval.every must be >= 0, got {e.every}")
+    _check(e.every_late >= 0, f"eval.every_late must be >= 0, got {e.every_late}")
+    _check(0.0 <= e.late_frac <= 1.0, f"eval.late_frac must be in [0, 1], got {e.late_frac}")
+    _check(e.target >= 0, f"eval.target must be >= 0 (0: no target), got {e.target}")
     if m.attention == "flex":
         _check(
             m.seq_len % 128 == 0 and cfg.eval_seq_len % 128 == 0,
@@ -508,6 +660,65 @@ def _validate_schedule(s: ScheduleConfig) -> None:
         s.warmup_steps + round(s.cooldown_frac * s.steps) <= s.steps,
         "schedule.warmup_steps + schedule.cooldown_frac * schedule.steps exceeds schedule.steps",
     )
+
+
+def _validate_constraint(cfg: Config) -> None:
+    """[constraint]: known methods, positive norms, settings optimizers/constraints.py accepts, a soft cap it
+    can keep (max_update <= 0.3065 max_norm at the peak lr), no hyperball on zero-initialized matrices, and
+    a Lipschitz bound only where model/lipschitz.py covers the model."""
+    from model.lipschitz import uncovered
+    from optimizers.constraints import CONSTRAINTS
+    from training.constrain import EMBED_METHODS, LOG_BOUND, settings_of
+
+    c = cfg.constraint
+    _choice("constraint.method", c.method, tuple(CONSTRAINTS))
+    _choice("constraint.head.method", c.head.method, tuple(CONSTRAINTS))
+    _choice("constraint.embed.method", c.embed.method, EMBED_METHODS)
+    _choice("constraint.log_bound", c.log_bound, LOG_BOUND)
+    for key, value in (("max_norm", c.max_norm), ("head.max_norm", c.head.max_norm),
+                       ("embed.max_norm", c.embed.max_norm)):
+        _check(value > 0, f"constraint.{key} must be positive, got {value}")
+    for key, value in (("update_norm", c.update_norm), ("head.update_norm", c.head.update_norm)):
+        _check(value >= 0, f"constraint.{key} must be >= 0 (0: automatic), got {value}")
+    _check(c.ns_overshoot >= 1, f"constraint.ns_overshoot must be >= 1, got {c.ns_overshoot}")
+    try:
+        settings_of(c).check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for prefix, role in (("constraint", c), ("constraint.head", c.head)):
+        _check(role.method != "hyperball",
+               f"{prefix}.method = 'hyperball' keeps each matrix at its initial Frobenius norm, but the model "
+               f"zero-initializes the attention and MLP output projections and the head: they could never move")
+    _check_soft_caps(cfg)
+    reasons = uncovered(cfg.model)
+    _check(c.log_bound != "always" or not reasons,
+           "constraint.log_bound = 'always', but model/lipschitz.py does not cover this model: " + "; ".join(reasons))
+
+
+def _check_soft_caps(cfg: Config) -> None:
+    """The soft cap's max_update at the peak lr, for every matrix shape of its role, within its limit."""
+    from training.constrain import soft_cap_limit, unit_update_norm
+
+    c, m = cfg.constraint, cfg.model
+    inner, mlp = m.heads * m.head_dim, m.mlp_ratio * m.width
+    shapes = {"hidden": [(inner, m.width), (m.width, inner), (mlp, m.width), (m.width, mlp)],
+              "head": [(m.padded_vocab, m.width)]}
+    for role, prefix, rc in (("hidden", "constraint", c), ("head", "constraint.head", c.head)):
+        if rc.method != "spectral_soft_cap":
+            continue
+        optim = cfg.optim
+        muon = optim.settings.shape_scale if optim.name == "muon" and role == "hidden" else None
+        lr = optim.role_lr(role)
+        for shape in shapes[role]:
+            unit = unit_update_norm(rc.update_norm, muon, c.ns_overshoot, shape, c.shape_scaled)
+            _check(unit is not None,
+                   f"{prefix}.method = 'spectral_soft_cap' needs {prefix}.update_norm > 0: the spectral norm one "
+                   f"update adds per unit of lr (automatic only for Muon's hidden matrices)")
+            ratio = lr * unit / rc.max_norm
+            _check(ratio <= soft_cap_limit(),
+                   f"{prefix}.method = 'spectral_soft_cap': one update at the peak lr {lr:g} can add {lr * unit:.4g} "
+                   f"(in max_norm's units) to a {shape[0]}x{shape[1]} matrix, {ratio:.4f} x {prefix}.max_norm; the "
+                   f"soft cap takes back at most {soft_cap_limit():.4f} x: raise {prefix}.max_norm or lower the lr")
 
 
 def _validate_optim(o: OptimConfig) -> None:

@@ -99,6 +99,13 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def all_reduce_min(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The smallest value of `t` over the ranks, in place."""
+    if info.active:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def all_reduce_max_flag(flag: bool, info: DistInfo) -> bool:
     """True on every rank if it is True on any rank."""
     if not info.active:

@@ -6,84 +6,52 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
 from training.atomic import atomic_write_json, atomic_write_text
-from training.checkpoint import latest_checkpoint
 from training.config import Config, ConfigError, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def new_run_id(name: str) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}_{name}_{uuid.uuid4().hex[:6]}"
-
-
-def resolve_run(log_dir: str, run_id: str, resume: str, name: str) -> tuple[Path, Path | None]:
-    """Decide where this run writes and which checkpoint (if any) it continues from.
-
-    resume = ""        a new run; log.run_id (if given) must not exist yet
-    resume = "latest"  with log.run_id: that run's newest checkpoint, or a fresh start there if it
-                       has none (what a restarted torchrun job wants); without: the newest run
-                       under log.dir that has a checkpoint
-    resume = PATH      a checkpoint file, or a run directory (its newest checkpoint)
-    """
-    parent = Path(log_dir)
-    if resume == "":
-        run_dir = parent / (run_id or new_run_id(name))
-        if run_dir.exists():
-            raise ConfigError(
-                f"run directory {run_dir} already exists: pass --checkpoint.resume=latest to continue it, "
-                f"or choose another --log.run_id"
-            )
-        return run_dir, None
-    if resume == "latest":
-        if run_id:
-            run_dir = parent / run_id
-            return run_dir, latest_checkpoint(run_dir)
-        candidates = [d for d in parent.iterdir() if d.is_dir() and latest_checkpoint(d)] if parent.is_dir() else []
-        if not candidates:
-            raise ConfigError(f"checkpoint.resume = 'latest': no run with a checkpoint under {parent}/")
-        run_dir = max(candidates, key=lambda d: latest_checkpoint(d).stat().st_mtime)
-        return run_dir, latest_checkpoint(run_dir)
-    path = Path(resume)
-    if path.is_file():
-        return path.parent.parent, path
-    if path.is_dir():
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise ConfigError(f"checkpoint.resume: {path} has no checkpoints/step_*.pt")
-        return path, ckpt
-    raise ConfigError(f"checkpoint.resume: {path} is neither a checkpoint file nor a run directory")
-
-
 class RunOutputs:
-    """Writes the run's files; on ranks other than 0 every method only prints nothing."""
+    """Writes the run's files on rank 0 (on other ranks every method does nothing). Nothing is
+    written before `open()`: log lines until then are printed and kept, and go to log.txt first."""
 
-    def __init__(self, run_dir: Path, is_main: bool, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, is_main: bool):
         self.dir = Path(run_dir)
         self.is_main = is_main
-        if not is_main:
-            return
-        self.dir.mkdir(parents=True, exist_ok=resume_step is not None)
-        if resume_step is not None:
-            self._truncate_metrics(resume_step)
+        self._pending: list[str] | None = []  # log lines printed before open()
+
+    def open(self, resume_step: int | None = None) -> None:
+        """Create the directory of a new run, or continue an existing one from `resume_step` (its
+        metrics rows after that step are dropped: they are about to be done again)."""
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=resume_step is not None)
+            if resume_step is not None:
+                self._truncate_metrics(resume_step)
+            with open(self.dir / "log.txt", "a") as f:
+                f.writelines(line + "\n" for line in self._pending)
+        self._pending = None
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop rows written after the checkpoint we resume from, so no step appears twice."""
+        """Keep the rows of steps before `step` (and of `step` itself unless it is 0, which a fresh
+        start reports again), so that no step appears twice."""
         path = self.dir / "metrics.jsonl"
         if path.exists():
             rows = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [line for line in rows if json.loads(line)["step"] <= step]
+            kept = [line for line in rows if json.loads(line)["step"] < step or 0 < json.loads(line)["step"] == step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def log(self, message: str) -> None:
-        if self.is_main:
-            print(message, flush=True)
-            with open(self.dir / "log.txt", "a") as f:
-                f.write(message + "\n")
+        if not self.is_main:
+            return
+        print(message, flush=True)
+        if self._pending is not None:
+            self._pending.append(message)
+            return
+        with open(self.dir / "log.txt", "a") as f:
+            f.write(message + "\n")
 
     def write_config(self, toml_text: str) -> None:
         if self.is_main:

@@ -1,11 +1,13 @@
-"""A sweep's results: results.csv (one row per planned run) and the learning-rate transfer figure
+"""A sweep's results: results.csv (one row per planned run), the learning-rate transfer figure
 (final loss against learning rate, one curve per width, one panel per optimizer: the layout of
-Figure 1 of the Scion paper)."""
+Figure 1 of the Scion paper) and transfer.md / transfer.json (how many grid steps the best learning
+rate moves per doubling of width)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from pathlib import Path
@@ -34,9 +36,20 @@ def collect_results(spec: SweepSpec, sweep: SweepDir, runs: list[PlannedRun]) ->
             "run_id": run.run_id, **run.values, "status": status, "diverged": status == "diverged",
             "final_val_loss": loss, "steps": summary.get("steps"),
             "train_time_s": None if train_ms is None else round(train_ms / 1000, 3),
-            "step_avg_ms": summary.get("step_avg_ms"), "error": sweep.error(run.run_id) if status == "failed" else "",
+            "step_avg_ms": summary.get("step_avg_ms"), "attempts_failed": sweep.attempts(run.run_id),
+            "error": _error(sweep, run.run_id) if status == "failed" else "",
         })
     return rows
+
+
+def _error(sweep: SweepDir, run_id: str) -> str:
+    """A failed run's error: its summary's (status failed) or the recorded failure's line."""
+    return (sweep.summary(run_id) or {}).get("error") or sweep.error(run_id)
+
+
+def plotted(row: dict) -> bool:
+    """Runs with a result: completed with a final loss, or diverged (drawn as a cross)."""
+    return row["diverged"] or (row["status"] == "completed" and row["final_val_loss"] is not None)
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
@@ -58,7 +71,7 @@ def transfer_curves(rows: list[dict], plot: PlotSpec) -> dict:
     axes (seeds). A point where any run diverged is inf."""
     groups: dict = {}
     for row in rows:
-        if row["status"] not in FINISHED:
+        if not plotted(row):
             continue
         point = groups.setdefault(row.get(plot.panels), {}).setdefault(row.get(plot.curves), {})
         point.setdefault(row[plot.x], []).append(math.inf if row["diverged"] else row["final_val_loss"])
@@ -156,4 +169,87 @@ def write_results(spec: SweepSpec, sweep: SweepDir, runs: list[PlannedRun], say=
     say(f"results: {write_csv(rows, sweep.results)}")
     figure = plot_lr_transfer(rows, spec.plot, sweep.figure, title=spec.name)
     say(f"figure: {figure}" if figure else "figure: no finished run yet")
+    shift = write_transfer(rows, spec.plot, sweep.root, title=spec.name)
+    if shift:
+        say(f"transfer: {sweep.root / 'transfer.md'}: {transfer_headline(shift, spec.plot)}")
+    left_out = [f"{r['run_id']} ({r['status']})" for r in rows if not plotted(r)]
+    if figure and left_out:
+        say(f"figure: {len(left_out)} run(s) without a result left out: {', '.join(left_out)}")
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Results: how far the best learning rate moves per doubling of width
+
+
+def lr_shift(rows: list[dict], plot: PlotSpec) -> dict:
+    """Per panel (optimizer): the best plot.x of each curve (width) with its mean loss, and the
+    least-squares slope of log2(best x) against log2(curve value), also in grid steps per doubling
+    (the slope / log2 of the ratio between neighbouring grid values; the same number for a grid in
+    factors of 2). 0: the best x stays put (it transfers); -1: it halves with every doubling. `edge`
+    lists the curves whose best x is the smallest or largest x they tried (widen the grid there).
+    Empty unless the curve values are positive numbers."""
+    shift = {}
+    for panel, curves in transfer_curves(rows, plot).items():
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in curves):
+            return {}
+        best = {c: best_x(points) for c, points in curves.items()}
+        best = {c: x for c, x in best.items() if x is not None}
+        grid = sorted({x for points in curves.values() for x in points})
+        ratio = statistics.median(b / a for a, b in zip(grid, grid[1:], strict=False)) if len(grid) > 1 else None
+        slope = fit_slope([math.log2(c) for c in best], [math.log2(x) for x in best.values()])
+        shift[panel] = {
+            "best": {c: {"x": x, "loss": curves[c][x]} for c, x in best.items()},
+            "slope_log2": slope, "grid_ratio": ratio,
+            "steps_per_doubling": None if slope is None or not ratio or ratio <= 1 else slope / math.log2(ratio),
+            "edge": [c for c, x in best.items() if x in (min(curves[c]), max(curves[c])) and len(curves[c]) > 1],
+        }
+    return shift
+
+
+def fit_slope(xs: list[float], ys: list[float]) -> float | None:
+    """The least-squares slope of ys against xs; None with fewer than two distinct xs."""
+    if len(set(xs)) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def transfer_headline(shift: dict, plot: PlotSpec) -> str:
+    """One line: grid steps the best x moves per doubling of the curve value, per panel."""
+    parts = [f"{panel} {'n/a' if s['steps_per_doubling'] is None else format(s['steps_per_doubling'], '+.2f')}"
+             + (" (edge)" if s["edge"] else "") for panel, s in shift.items()]
+    return f"grid steps the best {plot.x} moves per doubling of {plot.curves}: " + ", ".join(parts)
+
+
+def write_transfer(rows: list[dict], plot: PlotSpec, root: Path, title: str = "") -> dict:
+    """transfer.md (a table: the best x of each curve, the steps per doubling) and transfer.json
+    (the same numbers) in `root`; nothing when lr_shift is empty."""
+    shift = lr_shift(rows, plot)
+    if not shift:
+        return {}
+    curves = sorted({c for s in shift.values() for c in s["best"]})
+    short = plot.curves.rsplit(".", 1)[-1]
+    lines = [f"# {title}: how far the best {plot.x} moves per doubling of {plot.curves}", "",
+             f"Each cell: the best {plot.x} of that {short} (lowest final validation loss, mean over seeds) and "
+             f"its loss. Steps per doubling: the least-squares slope of log2(best {plot.x}) against "
+             f"log2({short}), in grid steps (a grid step is a factor of the grid ratio). 0: the best "
+             "value stays put (it transfers); -1: it moves down one grid step with every doubling. "
+             "EDGE: the best is the end of the grid (widen it there).", "",
+             f"| {plot.panels} | " + " | ".join(f"{short} {c:g}" for c in curves)
+             + " | grid ratio | steps per doubling |",
+             "| --- | " + " | ".join("---:" for _ in curves) + " | ---: | ---: |"]
+    for panel, s in shift.items():
+        cells = [f"{s['best'][c]['x']:.4g} ({s['best'][c]['loss']:.4f})" + (" EDGE" if c in s["edge"] else "")
+                 if c in s["best"] else "n/a" for c in curves]
+        spd = "n/a" if s["steps_per_doubling"] is None else f"{s['steps_per_doubling']:+.2f}"
+        ratio = "n/a" if s["grid_ratio"] is None else f"{s['grid_ratio']:.3g}"
+        lines.append(f"| {panel} | " + " | ".join(cells) + f" | {ratio} | {spd} |")
+    lines += ["", transfer_headline(shift, plot), ""]
+    atomic_write_text(Path(root) / "transfer.md", "\n".join(lines))
+    as_json = {str(panel): {**s, "best": {format_value(c): v for c, v in s["best"].items()}}
+               for panel, s in shift.items()}
+    atomic_write_text(Path(root) / "transfer.json", json.dumps(
+        {"x": plot.x, "curves": plot.curves, "panels": plot.panels, "headline": transfer_headline(shift, plot),
+         "shift": as_json}, indent=1) + "\n")
+    return shift

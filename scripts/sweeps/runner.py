@@ -19,10 +19,11 @@ from pathlib import Path
 
 from scripts.sweeps.spec import REPO, PlannedRun, SpecError, SweepSpec
 from training.atomic import atomic_write_json, atomic_write_text
-from training.exit_codes import EXIT_DIVERGED
+from training.exit_codes import EXIT_CONFIG, EXIT_DIVERGED
 from training.exit_codes import MEANINGS as EXIT_MEANINGS
 
 TRAIN_SCRIPT = REPO / "train_gpt.py"
+CPU_SLOTS_ENV = "SWEEP_CPU_SLOTS"  # runs at once on a machine without GPUs (default 1)
 FINISHED = ("completed", "diverged")
 ERROR_TAIL_LINES = 40
 ERROR_LINE = re.compile(r"(^|\s)([\w.]*(Error|Exception)|error):")  # "config error: ...", "RuntimeError: ..."
@@ -54,12 +55,18 @@ class SweepDir:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def status(self, run_id: str) -> str:
-        """completed | diverged (finished), failed (recorded failure), pending (never ran, or a
-        stopped sweep left it half done)."""
+        """completed | diverged (finished), failed (its summary says so, or a recorded failure),
+        pending (never ran, or a stopped sweep left it half done)."""
         summary = self.summary(run_id)
         if summary and summary.get("status") in FINISHED:
             return summary["status"]
-        return "failed" if self.failure_file(run_id).is_file() else "pending"
+        failed = (summary and summary.get("status") == "failed") or self.failure_file(run_id).is_file()
+        return "failed" if failed else "pending"
+
+    def attempts(self, run_id: str) -> int:
+        """How many attempts of this run failed (its current failure record and the earlier ones)."""
+        earlier = len(list(self.failures.glob(f"{run_id}.attempt*.txt"))) if self.failures.is_dir() else 0
+        return earlier + self.failure_file(run_id).is_file()
 
     def error(self, run_id: str) -> str:
         """The one-line error of a recorded failure."""
@@ -113,10 +120,19 @@ def detect_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def make_slots(gpus: list[str], per_run: int) -> list[Slot]:
-    """Groups of `per_run` GPUs (left-over GPUs stay idle); one CPU slot without GPUs."""
+def make_slots(gpus: list[str], per_run: int, cpu_slots: int | None = None) -> list[Slot]:
+    """Groups of `per_run` GPUs (left-over GPUs stay idle). Without GPUs, `cpu_slots` CPU slots:
+    that many runs at once (default: the environment variable SWEEP_CPU_SLOTS, else 1, one run after
+    another); give each run OMP_NUM_THREADS = cores / slots, or they fight over the cores."""
     if not gpus:
-        return [Slot()]
+        if cpu_slots is None:
+            text = os.environ.get(CPU_SLOTS_ENV, "").strip() or "1"
+            if not text.isdigit():
+                raise SpecError(f"{CPU_SLOTS_ENV}={text!r}: expected a whole number of CPU runs at once")
+            cpu_slots = int(text)
+        if cpu_slots < 1:
+            raise SpecError(f"CPU slots ({CPU_SLOTS_ENV} or --slots) must be >= 1, got {cpu_slots}")
+        return [Slot() for _ in range(cpu_slots)]
     if per_run > len(gpus):
         raise SpecError(f"gpus_per_run = {per_run} but only {len(gpus)} GPU(s): {','.join(gpus)}")
     return [Slot(tuple(gpus[i:i + per_run])) for i in range(0, len(gpus) - per_run + 1, per_run)]
@@ -187,9 +203,11 @@ class Sweeper:
     """Runs planned runs on a pool of slots, one run per slot at a time, each in its own process."""
 
     def __init__(self, spec: SweepSpec, sweep: SweepDir, slots: list[Slot], progress: Progress,
-                 train_script: Path = TRAIN_SCRIPT, poll_s: float = 0.2, say=print):
+                 train_script: Path = TRAIN_SCRIPT, poll_s: float = 0.2, say=print, retries: int | None = None):
         self.spec, self.sweep, self.slots, self.progress = spec, sweep, slots, progress
         self.train_script, self.poll_s, self.say = Path(train_script), poll_s, say
+        self.retries = spec.retries if retries is None else retries  # automatic retries of a failed run
+        self.retried: dict[str, int] = {}  # run id -> retries made by this invocation
         self.stopping = False
 
     def start(self, run: PlannedRun, slot: Slot) -> Launched:
@@ -244,11 +262,24 @@ class Sweeper:
                 for job in [j for j in running if j.proc.poll() is not None]:
                     running.remove(job)
                     free.append(job.slot)
-                    self.finish(job, job.proc.returncode)
+                    if self.finish(job, job.proc.returncode) == "failed" and self.retry(job):
+                        queue.append(job.run)
                     self.say(self.progress.line(len(running), len(queue)))
         except KeyboardInterrupt:
             self.stop(running)
             return False
+        return True
+
+    def retry(self, job: Launched) -> bool:
+        """Whether to run a failed run again now: up to `retries` times per invocation, never after a
+        config or data error (exit code 2: the same run fails the same way)."""
+        run_id, code = job.run.run_id, job.proc.returncode
+        done = self.retried.get(run_id, 0)
+        if code == EXIT_CONFIG or done >= self.retries or self.stopping:
+            return False
+        self.retried[run_id] = done + 1
+        self.progress.failed -= 1
+        self.say(f"retry  {run_id} ({done + 1} of {self.retries}; it continues from its last checkpoint)")
         return True
 
     def stop(self, running: list[Launched]) -> None:

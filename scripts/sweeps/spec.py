@@ -11,7 +11,7 @@ from pathlib import Path
 from training.config import toml_value
 
 REPO = Path(__file__).resolve().parents[2]
-SPEC_KEYS = ("name", "base", "gpus_per_run", "overrides", "axes", "extra", "plot")
+SPEC_KEYS = ("name", "base", "gpus_per_run", "retries", "overrides", "axes", "extra", "plot")
 SWEEP_OWNED_KEYS = ("log.dir", "log.run_id", "checkpoint.resume")
 
 
@@ -56,6 +56,7 @@ class SweepSpec:
     overrides: dict = field(default_factory=dict)  # dotted key -> value, for every run
     extra: dict = field(default_factory=dict)  # axis key -> format_value(value) -> {dotted key: value}
     gpus_per_run: int = 1
+    retries: int = 1  # a failed run (not a config error) is started again up to this many times
     plot: PlotSpec = PlotSpec()
 
     @property
@@ -83,16 +84,23 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and check a sweep spec (TOML); see configs/sweeps/smoke.toml for every field."""
+def read_toml(path: str | Path, keys) -> dict:
+    """A spec file's TOML tables, refusing keys not in `keys`; errors name the file (SpecError)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SpecError(f"{path}: {e}") from None
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise SpecError(f"{path}: unknown key(s) {', '.join(unknown)} (valid: {', '.join(SPEC_KEYS)})")
+        raise SpecError(f"{path}: unknown key(s) {', '.join(unknown)} (valid: {', '.join(keys)})")
+    return raw
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep spec (TOML); see configs/sweeps/smoke.toml for every field."""
+    path = Path(path)
+    raw = read_toml(path, SPEC_KEYS)
     name = str(raw.get("name", path.stem))
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise SpecError(f"name = {name!r}: use letters, digits, '_', '-' and '.' (it names a folder)")
@@ -102,7 +110,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     spec = SweepSpec(
         name=name, base=raw["base"], axes=axes, overrides=flatten(raw.get("overrides", {})),
         extra=parse_extra(raw.get("extra", {}), axes), gpus_per_run=int(raw.get("gpus_per_run", 1)),
-        plot=parse_plot(raw.get("plot", {})),
+        retries=int(raw.get("retries", SweepSpec.retries)), plot=parse_plot(raw.get("plot", {})),
     )
     check_spec(spec)
     return spec
@@ -163,6 +171,8 @@ def check_spec(spec: SweepSpec) -> None:
             raise SpecError(f"{key} is an axis and also a fixed or extra override; keep one")
     if spec.gpus_per_run < 1:
         raise SpecError(f"gpus_per_run must be >= 1, got {spec.gpus_per_run}")
+    if spec.retries < 0:
+        raise SpecError(f"retries must be >= 0, got {spec.retries}")
     if spec.plot.x not in keys:
         raise SpecError(f"plot.x = {spec.plot.x!r} is not an axis (axes: {', '.join(keys)})")
 

@@ -1,0 +1,356 @@
+"""scripts/benchmark.py: steps to target against hand-computed cases, the target and the scores, spec
+errors, the shipped specs, the whole protocol with a fake training script (search, refinement, ladder,
+reuse of finished runs when an optimizer is added, the record), and a 2-optimizer 2-budget benchmark
+of the real trainer on a tiny made-up text."""
+
+import csv
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import shakespeare
+from scripts import benchmark, records
+from scripts.benchmark import Reach, steps_to_target
+from scripts.sweeps.spec import SpecError
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "configs/benchmarks").glob("*.toml"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps to target
+
+
+@pytest.mark.parametrize("losses, target, expected", [
+    # between 100 (1.8) and 200 (1.6), half way in loss: log-steps half way, 100 * sqrt(2)
+    ({50: 2.0, 100: 1.8, 200: 1.6}, 1.7, Reach(100 * 2 ** 0.5, "interpolated")),
+    ({100: 3.0, 400: 2.0}, 2.5, Reach(200.0, "interpolated")),  # sqrt(100 * 400)
+    ({100: 3.0, 400: 2.0}, 2.75, Reach(100 * 4 ** 0.25, "interpolated")),  # a quarter of the way: 100 * 4^(1/4)
+    ({50: 2.0, 100: 1.8, 200: 1.6}, 1.8, Reach(100.0, "interpolated")),  # exactly the loss of a rung
+    ({50: 2.0, 100: 1.8, 200: 1.6}, 2.1, Reach(50.0, "smallest")),  # reached at the smallest budget
+    ({50: 2.0, 100: 1.8, 200: 1.6}, 1.5, Reach(None, "never")),  # never reached
+    # not monotone: the first budget at or below the target counts, bracketed by the one before it
+    ({50: 2.0, 100: 1.65, 200: 1.7}, 1.68, Reach(50 * 2 ** (0.32 / 0.35), "interpolated")),
+    ({50: math.inf, 100: 1.6}, 1.7, Reach(100.0, "interpolated")),  # the shorter run diverged
+    ({50: 2.0, 100: 1.9, 200: None}, 1.7, Reach(None, "never")),  # the longest run missing: not reached
+])
+def test_steps_to_target(losses, target, expected):
+    got = steps_to_target(losses, target)
+    assert got.how == expected.how
+    assert got.steps == (None if expected.steps is None else pytest.approx(expected.steps, rel=1e-12))
+
+
+def test_reach_text():
+    assert Reach(141.42, "interpolated").text(200) == "141"
+    assert Reach(50.0, "smallest").text(200) == "<= 50"
+    assert Reach(None, "never").text(200) == "> 200"
+
+
+def small_spec(**changes) -> benchmark.BenchmarkSpec:
+    fields = dict(name="t", base="configs/track3_tiny.toml", optimizers=("muon", "adamw"), budgets=(50, 100, 200),
+                  seeds=(0, 1), target="adamw@largest")
+    return benchmark.BenchmarkSpec(**{**fields, **changes})
+
+
+LADDER = {
+    "muon": {50: {0: 2.0, 1: 2.1}, 100: {0: 1.7, 1: 1.75}, 200: {0: 1.5, 1: 1.55}},
+    "adamw": {50: {0: 2.2, 1: 2.3}, 100: {0: 1.9, 1: 2.0}, 200: {0: 1.6, 1: 1.7}},
+}
+
+
+@pytest.mark.parametrize("target, value", [
+    (1.65, 1.65), ("adamw@largest", 1.65), ("adamw@largest:max", 1.7), ("adamw@100", 1.95), ("muon@200:max", 1.55),
+])
+def test_resolve_target(target, value):
+    got, text = benchmark.resolve_target(small_spec(target=target), LADDER)
+    assert got == pytest.approx(value)
+    assert f"{value:.4f}" in text or str(value) in text
+
+
+def test_resolve_target_needs_every_seed():
+    ladder = {**LADDER, "adamw": {**LADDER["adamw"], 200: {0: 1.6, 1: math.inf}}}
+    with pytest.raises(SpecError, match="no finite final loss"):
+        benchmark.resolve_target(small_spec(), ladder)
+    with pytest.raises(SpecError, match="no finite final loss"):
+        benchmark.resolve_target(small_spec(), {"muon": LADDER["muon"]})
+
+
+def test_score_means_ranges_and_ratio():
+    spec = small_spec(target="adamw@largest:max")
+    scores = benchmark.score(spec, LADDER, 1.7)
+    muon, adamw = scores["muon"], scores["adamw"]
+    assert adamw["reaches"][1] == Reach(200.0, "interpolated")  # its worst seed reaches 1.7 at exactly 200
+    assert adamw["reaches"][0].steps == pytest.approx(100 * 2 ** ((1.9 - 1.7) / (1.9 - 1.6)))
+    assert muon["reaches"][0].steps == pytest.approx(100.0)  # 1.7 is its loss at 100
+    assert muon["reaches"][1].steps == pytest.approx(100 * 2 ** ((1.75 - 1.7) / (1.75 - 1.55)))
+    assert muon["mean"] == pytest.approx((100 + 100 * 2 ** 0.25) / 2)
+    assert (muon["min"], muon["max"]) == (pytest.approx(100.0), pytest.approx(100 * 2 ** 0.25))
+    assert muon["ratio"] == pytest.approx(muon["mean"] / adamw["mean"])
+    lower = benchmark.score(spec, LADDER, 1.52)  # adamw never gets there: no mean, no ratio for anyone
+    assert lower["adamw"]["mean"] is None and lower["adamw"]["reached"] == 0 and lower["muon"]["ratio"] is None
+    assert lower["muon"]["reached"] == 1 and lower["muon"]["mean"] is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Specs
+
+
+def write_spec(tmp_path: Path, body: str, name: str = "bench.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+GOOD = """
+    base = "configs/track3_tiny.toml"
+    optimizers = ["muon", "adamw"]
+    budgets = [100, 50]
+    seeds = [0]
+    target = "adamw@largest"
+"""
+
+
+def test_spec_defaults_and_grid(tmp_path):
+    spec = benchmark.load_benchmark(write_spec(tmp_path, GOOD + '[default_lr]\nadamw = 0.004\n'))
+    assert spec.name == "bench" and spec.budgets == (50, 100) and spec.largest == 100
+    assert benchmark.default_lr(spec, "muon") == 0.025  # track3_tiny.toml trains muon at 0.025
+    assert benchmark.default_lr(spec, "adamw") == 0.004  # the spec's
+    assert benchmark.default_lr(spec, "scion") == 2.0 ** -12  # the registry's
+    assert benchmark.coarse_lrs(spec, "adamw") == (0.001, 0.002, 0.004, 0.008, 0.016)
+    lo, hi = benchmark.refine_lrs(0.004)
+    assert lo == pytest.approx(0.004 / 2 ** 0.5) and hi == pytest.approx(0.004 * 2 ** 0.5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("budget = [1]\n", "unknown key"),
+    ("[search]\ngird = [0]\n", "search: unknown key"),
+    ('reference = "signum"\n', "reference = 'signum' is not one of"),
+    ("slots = 0\n", "slots"),
+    ("[extra.nope]\nx = 1\n", "extra: unknown optimizer"),
+    ("[search]\ngrid = []\n", "search.grid"),
+])
+def test_spec_errors(tmp_path, extra, message):
+    with pytest.raises(SpecError, match=message):
+        benchmark.load_benchmark(write_spec(tmp_path, GOOD + extra))
+
+
+@pytest.mark.parametrize("replace, message", [
+    (('"muon", "adamw"', '"muon", "nope"'), "unknown optimizer"),
+    (('"adamw@largest"', '"signum@largest"'), "signum is not one of the optimizers"),
+    (('"adamw@largest"', '"adamw@70"'), "70 is not one of the budgets"),
+    (('"adamw@largest"', '"best"'), "expected a loss"),
+    (("[100, 50]", "[100, 100]"), "listed twice"),
+    (("seeds = [0]", "seeds = []"), "seeds"),
+])
+def test_spec_errors_in_values(tmp_path, replace, message):
+    with pytest.raises(SpecError, match=message):
+        benchmark.load_benchmark(write_spec(tmp_path, GOOD.replace(*replace)))
+
+
+def test_shipped_specs_plan_and_validate():
+    assert {p.name for p in SHIPPED} >= {"cpu_shakespeare.toml", "track3_fineweb.toml"}
+    for path in SHIPPED:
+        spec = benchmark.load_benchmark(path)
+        assert spec.base_path.is_file()
+        benchmark.check_configs(spec, world_size=spec.gpus_per_run)  # every optimizer's run config is valid
+        runs = benchmark.plan_runs(benchmark.phase_spec(spec, {o: benchmark.coarse_lrs(spec, o)
+                                                               for o in spec.optimizers}, spec.budgets, spec.seeds))
+        assert len({r.run_id for r in runs}) == len(runs) > 0
+    cpu = benchmark.load_benchmark(REPO / "configs/benchmarks/cpu_shakespeare.toml")
+    assert cpu.optimizers == ("muon", "scion", "adamw", "signum") and cpu.slots <= 2
+    assert cpu.overrides["checkpoint.every"] == 0 and cpu.overrides["checkpoint.final"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# The protocol with a fake training script: loss = a bowl in log2(lr) around each optimizer's best,
+# falling with steps; lr > 8x the best diverges.
+
+FAKE_TRAIN = '''
+import json, math, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+opt, lr = args["optim.name"].strip('"'), float(args["optim.lr"])
+steps, seed = int(args["schedule.steps"]), int(args["seed"])
+run_dir = os.path.join(args["log.dir"], args["log.run_id"])
+os.makedirs(run_dir, exist_ok=True)
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(args["log.run_id"] + "\\n")
+best = {"muon": 0.05 * 2 ** 0.5, "adamw": 0.0018, "signum": 0.004}[opt]
+speed = {"muon": 2.0, "adamw": 1.0, "signum": 0.8}[opt]
+def loss(s):
+    return 1.0 + 2.0 / (speed * s) ** 0.5 + 0.05 * math.log2(lr / best) ** 2 + 0.002 * seed
+status = "diverged" if lr > 8 * best else "completed"
+final = float("nan") if status == "diverged" else loss(steps)
+with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+    for s in (steps // 4, steps // 2, steps):
+        f.write(json.dumps({"step": s, "val_loss": loss(s) if status == "completed" else None}) + "\\n")
+json.dump(dict(status=status, final_val_loss=final, steps=steps, train_time_ms=10.0, step_avg_ms=1.0, device="cpu"),
+          open(os.path.join(run_dir, "summary.json"), "w"))
+sys.exit(3 if status == "diverged" else 0)
+'''
+
+FAKE_SPEC = """
+    name = "fake"
+    base = "configs/track3_tiny.toml"
+    optimizers = {optimizers}
+    budgets = [50, 100, 200]
+    seeds = [0, 1]
+    target = "adamw@largest:max"
+    track = "cpu-test"
+    [search]
+    grid = [-1, 0, 1]
+    [default_lr]
+    muon = 0.05
+    [extra.adamw]
+    "optim.adamw.hidden.weight_decay" = 0.1
+"""
+
+
+def fake_loss(opt: str, lr: float, steps: int, seed: int) -> float:
+    best = {"muon": 0.05 * 2 ** 0.5, "adamw": 0.0018, "signum": 0.004}[opt]
+    speed = {"muon": 2.0, "adamw": 1.0, "signum": 0.8}[opt]
+    return 1.0 + 2.0 / (speed * steps) ** 0.5 + 0.05 * math.log2(lr / best) ** 2 + 0.002 * seed
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+
+    def run(optimizers, *extra):
+        spec = write_spec(tmp_path, FAKE_SPEC.format(optimizers=json.dumps(optimizers)))
+        before = len(calls.read_text().splitlines()) if calls.exists() else 0
+        code = benchmark.main(["--spec", str(spec), "--out", str(tmp_path / "sweeps"), "--train-script", str(script),
+                               "--gpus", "none", "--slots", "2", "--records-root", str(tmp_path / "records"), *extra])
+        return code, calls.read_text().splitlines()[before:] if calls.exists() else []
+
+    return run, tmp_path / "sweeps" / "fake"
+
+
+def test_protocol_with_a_fake_trainer(fake, capsys):
+    run, root = fake
+    code, calls = run(["muon", "adamw"])
+    assert code == 0
+    # search 3 + refine 2 per optimizer, ladder 3 budgets x 2 seeds less the shared run: 5 + 5 = 10 each
+    assert len(calls) == len(set(calls)) == 20
+    data = json.loads((root / "benchmark.json").read_text())
+    assert data["search"]["muon"]["best"] == pytest.approx(0.05 * 2 ** 0.5)  # found by the refinement
+    assert data["search"]["adamw"]["best"] == pytest.approx(0.0018) and not data["search"]["adamw"]["edge"]
+    target = max(fake_loss("adamw", 0.0018, 200, s) for s in (0, 1))
+    assert data["target"] == pytest.approx(target)
+    for opt in ("muon", "adamw"):  # each seed's steps from the fake losses, by hand
+        best = data["search"][opt]["best"]
+        for seed in (0, 1):
+            losses = {b: fake_loss(opt, best, b, seed) for b in (50, 100, 200)}
+            first = next(b for b in (50, 100, 200) if losses[b] <= target)
+            a = {100: 50, 200: 100}[first]
+            expected = a * (first / a) ** ((losses[a] - target) / (losses[a] - losses[first]))
+            assert data["scores"][opt]["per_seed"][str(seed)]["steps"] == pytest.approx(expected)
+    assert data["scores"]["adamw"]["max"] == pytest.approx(200.0)
+    muon, adamw = data["scores"]["muon"], data["scores"]["adamw"]
+    assert muon["ratio"] == pytest.approx(muon["mean"] / adamw["mean"])
+    table = (root / "table.md").read_text()
+    assert "| muon | 0.07071 |" in table and "x adamw" in table
+    assert (root / "loss_curves.png").read_bytes()[:4] == b"\x89PNG" and (root / "lr_search.png").is_file()
+    rows = list(csv.DictReader((root / "results.csv").open()))
+    assert len(rows) == 20 and {r["phase"] for r in rows} >= {"search", "refine", "ladder", "refine+ladder"}
+
+    code, calls = run(["muon", "adamw"])  # again: nothing new
+    assert code == 0 and calls == []
+    code, calls = run(["muon", "adamw", "signum"], "--record")  # a new optimizer: only its runs
+    assert code == 0 and len(calls) == 10 and all("name-signum" in c for c in calls)
+    data = json.loads((root / "benchmark.json").read_text())
+    assert data["search"]["signum"]["edge"]  # its best (0.004) is past the grid's end: said loudly
+    assert "WARNING: signum's best lr" in (root / "table.md").read_text()
+    assert len(data["invocations"]) == 3
+    record = next((root.parents[1] / "records/cpu-test").iterdir())
+    info = json.loads((record / "record.json").read_text())
+    assert info["kind"] == "benchmark" and info["runs"] == 30 and info["headline"] == data["headline"]
+    assert (record / "spec.toml").is_file() and (record / "table.md").is_file()
+    assert sorted(p.name for p in (record / "runs").iterdir()) == sorted(p.name for p in (root / "runs").iterdir())
+    readme = (root.parents[1] / "records/README.md").read_text()
+    assert "## Benchmarks and sweeps" in readme and f"[fake]({record.parent.name}/{record.name}/)" in readme
+    assert run(["muon", "adamw", "signum"], "--record")[0] == 2  # never overwritten
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_changed_recipe_is_refused(fake, capsys):
+    run, root = fake
+    assert run(["adamw"])[0] == 0
+    spec = (root / "spec.toml").read_text()
+    (root.parent.parent / "bench.toml").write_text(spec.replace("weight_decay\" = 0.1", "weight_decay\" = 0.2"))
+    from scripts.benchmark import main
+    code = main(["--spec", str(root.parent.parent / "bench.toml"), "--out", str(root.parent),
+                 "--train-script", str(root.parent.parent / "fake_train.py"), "--gpus", "none"])
+    assert code == 2 and "different" in capsys.readouterr().err
+
+
+def test_dry_run_runs_nothing(fake, capsys):
+    run, root = fake
+    code, calls = run(["muon", "adamw"], "--dry-run")
+    assert code == 0 and calls == [] and not (root / "runs").exists()
+    out = capsys.readouterr().out
+    assert "search: 6 runs, 0 finished, 6 to run" in out and "ladder: planned" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# The real trainer on a tiny made-up text: 2 optimizers x 2 budgets
+
+
+def tiny_text(out: Path) -> int:
+    """Made-up plays as character shards (data/shakespeare.py); returns the vocabulary size."""
+    rng = np.random.default_rng(0)
+    words = ["king", "queen", "love", "death", "night", "crown", "sword", "heart", "fool", "ghost"]
+    plays = [shakespeare.Document(f"play{i}", f"Play {i}", "\n".join(
+        f"{'ABC'[j % 3]}. " + " ".join(rng.choice(words, 6)) for j in range(60))) for i in range(4)]
+    summary = shakespeare.prepare(plays[:3], plays[3:], str(out))
+    return summary["vocab_size"]
+
+
+def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch):
+    vocab = tiny_text(tmp_path / "text")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = write_spec(tmp_path, f"""
+        name = "tiny"
+        base = "{REPO / 'configs/track3_tiny.toml'}"
+        optimizers = ["muon", "adamw"]
+        budgets = [2, 4]
+        seeds = [0]
+        target = "adamw@largest"
+        slots = 2
+        [search]
+        grid = [0]
+        refine = false
+        [overrides]
+        "data.synthetic" = false
+        "data.train_files" = "{tmp_path / 'text/shakespeare_train_*.bin'}"
+        "data.val_files" = "{tmp_path / 'text/shakespeare_val_*.bin'}"
+        "model.vocab_size" = {vocab}
+        "model.eot_token" = 0
+        "model.width" = 32
+        "model.head_dim" = 32
+        "model.depth" = 1
+        "model.seq_len" = 64
+        "data.batch_tokens" = 128
+        "eval.tokens" = 256
+        "eval.every" = 1
+        "eval.every_late" = 0
+        "checkpoint.every" = 0
+        "checkpoint.final" = false
+    """)
+    assert benchmark.main(["--spec", str(spec), "--out", str(tmp_path / "sweeps"), "--gpus", "none"]) == 0
+    root = tmp_path / "sweeps/tiny"
+    rows = list(csv.DictReader((root / "results.csv").open()))
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)  # 2 searches + 2 short ladder runs
+    data = json.loads((root / "benchmark.json").read_text())
+    assert data["target"] == pytest.approx(data["ladder"]["adamw"]["4"]["0"])
+    assert data["scores"]["adamw"]["per_seed"]["0"]["steps"] <= 4  # it reaches its own loss by 4 steps
+    assert (root / "loss_curves.png").read_bytes()[:4] == b"\x89PNG" and (root / "lr_search.png").is_file()
+    summary = json.loads((root / "runs/name-adamw_steps-2_lr-0.0018_seed-0/summary.json").read_text())
+    assert summary["steps"] == 2 and summary["optimizer"] == "adamw" and summary["width"] == 32
+    assert "## Steps to target" in (root / "table.md").read_text()

@@ -1,0 +1,173 @@
+"""Prodigy: its update equations against the paper's (written out plainly), d per role through
+metrics(), its state across a checkpoint, and its settings."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from optimizers.prodigy import Prodigy
+from optimizers.registry import build_optimizer
+from tests.test_train import REPO, TINY
+from training.config import ConfigError, load_config, validate
+
+F64 = torch.float64
+SMOKE_PRODIGY = str(REPO / "configs/smoke_prodigy.toml")
+
+
+def problem(shapes, seed=0):
+    """Parameters and targets of a quadratic 0.5·Σ c·‖x − x*‖² (so that d has a distance to find)."""
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.randn(*s, generator=g, dtype=F64)) for s in shapes]
+    targets = [torch.randn(*s, generator=g, dtype=F64) for s in shapes]
+    return ps, targets
+
+
+def set_grads(ps, targets, noise_seed):
+    g = torch.Generator().manual_seed(noise_seed)
+    for p, x_star in zip(ps, targets):
+        p.grad = (p.detach() - x_star) + 0.1 * torch.randn(p.shape, generator=g, dtype=F64)
+
+
+def reference_prodigy(xs, grads_of, steps, lr, betas, eps, d0, wd, bias_correction, safeguard, growth):
+    """The paper's Prodigy (Adam version) for one group, with its (1 − β3) factors, step by step."""
+    beta1, beta2 = betas
+    beta3 = math.sqrt(beta2)
+    x0 = [x.clone() for x in xs]
+    m = [torch.zeros_like(x) for x in xs]
+    v = [torch.zeros_like(x) for x in xs]
+    s = [torch.zeros_like(x) for x in xs]
+    r, d, d_max, history = 0.0, d0, d0, []
+    for k in range(1, steps + 1):
+        gs = grads_of(xs, k)
+        gamma = lr * (math.sqrt(1 - beta2**k) / (1 - beta1**k) if bias_correction else 1.0)
+        gamma_s = 1.0 if safeguard else gamma
+        r = beta3 * r + (1 - beta3) * gamma * d**2 * sum(float((g * (a - x)).sum()) for g, a, x in zip(gs, x0, xs))
+        for i, g in enumerate(gs):
+            m[i] = beta1 * m[i] + (1 - beta1) * d * g
+            v[i] = beta2 * v[i] + (1 - beta2) * d**2 * g**2
+            s[i] = beta3 * s[i] + (1 - beta3) * gamma_s * d**2 * g
+        d_hat = r / sum(float(si.abs().sum()) for si in s)
+        xs = [(1 - gamma * d * wd) * x - gamma * d * mi / (vi.sqrt() + d * eps) for x, mi, vi in zip(xs, m, v)]
+        d_max = max(d_max, d_hat)
+        d = d_max if growth is None else min(d_max, growth * d)
+        history.append(d)
+    return xs, history
+
+
+@pytest.mark.parametrize("bias_correction, safeguard, growth, wd", [
+    (False, False, None, 0.0),
+    (True, False, None, 0.1),
+    (False, True, 1.2, 0.0),
+    (False, False, 1.2, 0.0),
+])
+def test_prodigy_update_equations(bias_correction, safeguard, growth, wd):
+    """Two param groups (two roles) with their own d, 10 steps on a noisy quadratic, against the
+    paper's equations (short averages, so that d grows within the 10 steps and a growth limit binds)."""
+    hp = dict(lr=0.5, betas=(0.5, 0.9), eps=1e-8, d0=1e-3, wd=wd, bias_correction=bias_correction,
+              safeguard=safeguard, growth=growth)
+    (a, b), (ta, tb) = problem([(6, 4), (5,)])
+    start = [a.detach().clone(), b.detach().clone()]
+    noise = [[0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i), dtype=F64)
+              for i, p in enumerate((a, b))] for k in range(1, 11)]
+    opt = Prodigy([{"params": [a], "role": "hidden"}, {"params": [b], "role": "scalar", "lr": 0.25}],
+                  lr=hp["lr"], betas=hp["betas"], eps=hp["eps"], d0=hp["d0"], weight_decay=wd,
+                  use_bias_correction=bias_correction, safeguard_warmup=safeguard, growth_rate=growth)
+    ds = []
+    for k in range(10):
+        a.grad, b.grad = (a.detach() - ta) + noise[k][0], (b.detach() - tb) + noise[k][1]
+        opt.step()
+        ds.append(opt.metrics())
+    expected_a, history_a = reference_prodigy(
+        [start[0]], lambda xs, k: [xs[0] - ta + noise[k - 1][0]], 10, **hp)
+    expected_b, history_b = reference_prodigy(
+        [start[1]], lambda xs, k: [xs[0] - tb + noise[k - 1][1]], 10, **{**hp, "lr": 0.25})
+    torch.testing.assert_close(a.detach(), expected_a[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b.detach(), expected_b[0], rtol=1e-10, atol=1e-12)
+    assert [m["prodigy_d_hidden"] for m in ds] == pytest.approx(history_a, rel=1e-10)
+    assert [m["prodigy_d_scalar"] for m in ds] == pytest.approx(history_b, rel=1e-10)
+    assert history_a == sorted(history_a) and history_a != history_b  # d never shrinks; one per role
+    assert history_a[-1] > 1.5 * hp["d0"]
+    if growth is not None:
+        assert max(y / x for x, y in zip(history_a, history_a[1:])) == pytest.approx(growth, rel=1e-9)
+
+
+def test_metrics_give_d_per_role_of_the_model():
+    from model import GPT
+
+    cfg = load_config(SMOKE_PRODIGY, TINY)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    opt = build_optimizer(model.params_by_role(), cfg.optim, torch.device("cpu"))
+    assert opt.metrics() == {f"prodigy_d_{r}": 1e-6 for r in ("embed", "hidden", "head", "scalar")}
+    x = torch.randint(0, cfg.model.vocab_size, (4, cfg.model.seq_len), generator=torch.Generator().manual_seed(0))
+    for _ in range(8):
+        model(x, x).backward()
+        opt.step()
+        opt.zero_grad()
+    d = opt.metrics()
+    assert all(value > 1e-6 for value in d.values()), d
+    assert len(set(d.values())) == 4  # each role found its own
+
+
+def test_state_dict_round_trip_continues_exactly():
+    (a, b), targets = problem([(6, 4), (5,)])
+    opt = Prodigy([a, b], use_bias_correction=True)
+    for k in range(4):
+        set_grads([a, b], targets, k)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())  # as a checkpoint file: no tensors shared with opt
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in (a, b)]
+    resumed = Prodigy(copies, use_bias_correction=True)
+    resumed.load_state_dict(saved)
+    assert resumed.metrics() == opt.metrics() and opt.metrics()["prodigy_d_0"] > 1e-6
+    for k in range(4, 8):
+        set_grads([a, b], targets, k)
+        set_grads(copies, targets, k)
+        opt.step()
+        resumed.step()
+    assert all(torch.equal(x, y) for x, y in zip((a, b), copies))
+    assert resumed.metrics() == opt.metrics()
+
+
+def test_settings_fail_naming_the_key():
+    cases = {
+        "--optim.prodigy.growth_rate=0.5": "optim.prodigy.growth_rate",
+        "--optim.prodigy.d0=0": "optim.prodigy.d0",
+        "--optim.prodigy.beta3=1.0": "optim.prodigy.beta3",
+        "--optim.prodigy.hidden.norm=adamw": "optim.prodigy.hidden.norm",
+        "--optim.prodigy.eps=-1": "optim.prodigy.eps",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            validate(load_config(SMOKE_PRODIGY, [override]))
+    cfg = load_config(SMOKE_PRODIGY, ["--optim.prodigy.growth_rate=1.02", "--optim.prodigy.safeguard_warmup=true"])
+    validate(cfg)
+    assert cfg.optim.lr == 1.0 and cfg.optim.settings.d0 == 1e-6 and cfg.optim.settings.betas == (0.9, 0.999)
+
+
+@pytest.mark.parametrize("config,name,matrices", [("smoke", "muon", "muon"), ("smoke_normuon", "normuon", "muon"),
+                                                  ("smoke_shampoo", "shampoo", "shampoo")])
+def test_prodigy_as_the_auxiliary_role_of(config, name, matrices):
+    """Role norm "prodigy" in Muon, NorMuon and Shampoo: those roles take Prodigy steps (the others stay
+    AdamW's), and metrics() reports their d, which grows from d0."""
+    from model import GPT
+
+    cfg = load_config(REPO / f"configs/{config}.toml", [
+        *TINY, f"--optim.{name}.embed.norm=prodigy", f"--optim.{name}.embed.lr=1.0",
+        f"--optim.{name}.head.norm=prodigy", f"--optim.{name}.head.lr=1.0"])
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    opt = build_optimizer(model.params_by_role(), cfg.optim, torch.device("cpu"))
+    algorithms = {g["role"]: g["algorithm"] for g in opt.param_groups}
+    assert algorithms == {"embed": "prodigy", "hidden": matrices, "head": "prodigy", "scalar": "adamw"}
+    assert opt.metrics() == {"prodigy_d_embed": 1e-6, "prodigy_d_head": 1e-6}
+    x = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.seq_len))
+    embed = model.params_by_role()["embed"][0]
+    before = embed.detach().clone()
+    for _ in range(3):
+        model(x, x).backward()
+        opt.step()
+        opt.zero_grad()
+    assert opt.metrics()["prodigy_d_head"] > 1e-6 and not torch.equal(before, embed)

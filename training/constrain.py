@@ -1,0 +1,299 @@
+"""The [constraint] section at run time: weight-norm constraints right after every optimizer step, their
+state in checkpoints, and the Lipschitz bound at every validation.
+
+    after optimizer.step():   W <- constrain(W)   for the matrices of the constrained roles
+
+Roles and methods (the math: optimizers/constraints.py; the bound: model/lipschitz.py):
+
+    hidden   constraint.method, constraint.max_norm (β)                 none | spectral_normalize |
+    head     constraint.head.method, constraint.head.max_norm           spectral_hammer | spectral_soft_cap |
+                                                                        spectral_hard_cap | hyperball
+    embed    constraint.embed.method, constraint.embed.max_norm         none | row_rms_cap: each row of the
+             table divided by max(1, RMS(row) / max_norm), the paper's embedding projection (rows of RMS
+             at most max_norm: the inputs of the blocks stay in the ball the Lipschitz bound assumes)
+
+What each guarantees after a step: the hard cap sigma_max <= beta (to its iteration's accuracy); the soft cap
+the same when the step added at most max_update (below); spectral_normalize to the accuracy of the power
+iteration's estimate, which lags when steps turn the top singular vectors (up to 18% above beta
+measured with AdamW and 2 warm iterations, ~3% with 8: constraint.power_iters_warm); the
+spectral hammer nothing - it moves only the top singular value, so a step that lifts two above beta leaves
+the second there.
+
+The soft cap needs the largest spectral norm one optimizer step can add, max_update, in the units of
+max_norm. We take max_update = (the role's current lr) x unit_update_norm(m, n): constraint.update_norm
+when set (> 0; per unit of lr, the same for every shape), else, for Muon's hidden matrices (the optimizer
+whose update has a known spectral norm), its shape scale s(m, n) x constraint.ns_overshoot (Newton-Schulz
+leaves singular values up to ~1.13, not 1), divided by √(m/n) when constraint.shape_scaled (the RMS->RMS
+units of max_norm). Weight decay only shrinks W before the update, so it is left out (a safe over-estimate).
+Config validation (training/config.py) checks the peak lr against the soft cap's limit, max_update <=
+0.3065 x max_norm, for every matrix shape of the role.
+
+Several processes: the rank that owns a matrix constrains it, then every matrix is all-gathered from its
+owner, so every rank ends with the same weights as one process would. Ownership reuses the sharded
+optimizer's chunks (optimizers/sharded.py: the owner of a Muon matrix also orthogonalized it); the other
+constrained matrices (AdamW's, the head) are cut the same way, by shape into chunks of world_size, slot r
+owned by rank r. The embedding's row cap is elementwise and cheap: every rank applies it. Power-iteration
+vectors and hyperball radii live on the owner; `state_dict` (a collective) collects them into the
+single-process layout, so checkpoints resume exactly on any number of processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from optimizers import collectives
+from optimizers.constraints import SOFT_CAP_MAX_K, ConstraintSettings, ConstraintState, apply_constraint
+from optimizers.muon import shape_scale
+from optimizers.sharded import Chunk
+
+EMBED_METHODS = ("none", "row_rms_cap")
+LOG_BOUND = ("auto", "always", "never")  # constraint.log_bound
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The embedding's row cap, the soft cap's max_update
+
+
+@torch.no_grad()
+def row_rms_cap_(table: Tensor, max_norm: float) -> None:
+    """Each row r of `table` (vocab, width) <- r / max(1, RMS(r) / max_norm), in place: rows of RMS above
+    max_norm are scaled down to it, the others keep their bits."""
+    rows = table.to(torch.promote_types(table.dtype, torch.float32))
+    rms = rows.square().mean(dim=-1, keepdim=True).sqrt()
+    factor = (rms / max_norm).clamp_min(1.0).reciprocal()
+    table.mul_(factor.to(table.dtype))
+
+
+def unit_update_norm(explicit: float, muon_scale: str | None, overshoot: float, shape: tuple[int, int],
+                     shape_scaled: bool) -> float | None:
+    """The spectral norm one optimizer step adds to a matrix of `shape`, per unit of learning rate, in the
+    units of max_norm (see the module docstring): `explicit` when > 0; for Muon (`muon_scale`, its
+    shape_scale setting) s(m, n) x overshoot, over √(m/n) when shape_scaled; else None (unknown)."""
+    if explicit > 0:
+        return explicit
+    if muon_scale is None:
+        return None
+    m, n = shape
+    sigma = shape_scale(muon_scale, m, n) * overshoot
+    return sigma / math.sqrt(m / n) if shape_scaled else sigma
+
+
+def soft_cap_limit() -> float:
+    """The largest max_update / max_norm the soft cap can take back (optimizers/constraints.py)."""
+    return SOFT_CAP_MAX_K - 1.0
+
+
+def settings_of(c) -> ConstraintSettings:
+    """optimizers/constraints.py's settings from the [constraint] section."""
+    return ConstraintSettings(power_iters=c.power_iters, power_iters_warm=c.power_iters_warm,
+                              polish_steps=c.polish_steps, skip_margin=c.skip_margin, shape_scaled=c.shape_scaled,
+                              dtype=c.dtype, backend=c.backend)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run-time object
+
+
+@dataclass
+class RolePlan:
+    """One constrained role: its method, β, the matrices (in model order), who owns which, its state."""
+
+    role: str
+    method: str
+    max_norm: float
+    update_norm: float  # constraint(.role).update_norm (0: automatic)
+    params: list
+    chunks: list[Chunk]
+    state: ConstraintState = field(default_factory=ConstraintState)
+
+    def owned(self, rank: int) -> list:
+        return [c.params[rank] for c in self.chunks if c.params[rank] is not None]
+
+
+class Constrainer:
+    """Applies [constraint] after each optimizer step (`apply`), checkpoints its state, and reports the
+    Lipschitz bound at validations (`metrics`, `summary`). info: the run's DistInfo (rank, world_size);
+    sync: the gradient reductions (their chunks say who owns a sharded matrix), or None."""
+
+    def __init__(self, cfg, model, optimizer, info, sync=None):
+        c = cfg.constraint
+        self.cfg, self.model, self.optimizer, self.info = cfg, model, optimizer, info
+        self.settings = settings_of(c)
+        self.overshoot = c.ns_overshoot
+        by_role = model.params_by_role()
+        sharded = list(sync.chunks) if sync is not None else []
+        self.plans = [RolePlan(role, m.method, m.max_norm, m.update_norm, by_role[role],
+                               _chunks(by_role[role], sharded, info.world_size))
+                      for role, m in (("hidden", c), ("head", c.head)) if m.method != "none" and by_role[role]]
+        self.embed = (c.embed.max_norm, by_role["embed"][:1]) if c.embed.method == "row_rms_cap" else None
+        self.bound_wanted = _bound_wanted(c.log_bound, cfg.model)
+        self.last_bound: dict = {}
+        if c.at_init:
+            self.apply(exact_first=True)
+
+    def describe(self) -> str:
+        parts = [f"{p.role} {p.method} (max_norm {p.max_norm:g})" for p in self.plans]
+        if self.embed:
+            parts.append(f"embed row_rms_cap (max_norm {self.embed[0]:g})")
+        bound = "logged at every validation" if self.bound_wanted else "not logged"
+        return f"constraints: {', '.join(parts) or 'none'}; Lipschitz bound {bound}"
+
+    # -- after every optimizer step -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def apply(self, exact_first: bool = False) -> None:
+        """Constrain this rank's matrices, then gather every matrix from its owner. exact_first (the initial
+        weights): first divide every matrix by max(1, sigma_max / beta) with sigma_max from an SVD, since a cold
+        power iteration can be several % low (measured: 3.8% on the 64-wide smoke matrices after 16 steps)
+        and the soft cap keeps only matrices that start at most (1 + max_update / beta) above beta."""
+        if exact_first:
+            for plan in self.plans:
+                if plan.method != "hyperball":
+                    _normalize_exactly(plan.params, plan.max_norm, self.settings.shape_scaled)
+        if self.embed is not None:
+            max_norm, tables = self.embed
+            for t in tables:
+                row_rms_cap_(t, max_norm)
+        for plan in self.plans:
+            mine = plan.owned(self.info.rank)
+            if exact_first:  # zero matrices (output projections, the head) stay zero: their power iteration
+                mine = [w for w in mine if bool(w.any())]  # starts cold at their first nonzero step instead
+            for shape, ws in _by_shape(mine).items():
+                apply_constraint(plan.method, ws, plan.max_norm, plan.state, max_update=self._max_update(plan, shape),
+                                 settings=self.settings)
+            if self.info.world_size > 1:
+                _gather_weights(plan.chunks, self.info.rank, self.info.world_size)
+
+    def _max_update(self, plan: RolePlan, shape: tuple[int, int]) -> float | None:
+        """The soft cap's max_update at the current lr (None for the other methods)."""
+        if plan.method != "spectral_soft_cap":
+            return None
+        # the role's param group now (optimizer.load_state_dict replaces the group dicts on resume)
+        g = next((g for g in self.optimizer.param_groups if g.get("role") == plan.role), {})
+        muon = g.get("shape_scale") if g.get("algorithm") == "muon" else None
+        unit = unit_update_norm(plan.update_norm, muon, self.overshoot, shape, self.settings.shape_scaled)
+        if unit is None:
+            raise ValueError(f"constraint: the soft cap on the {plan.role} matrices needs update_norm > 0")
+        return g.get("lr", 0.0) * unit
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> list[ConstraintState]:
+        """A copy of this rank's state (the compile warm-up runs steps and then puts everything back)."""
+        return [copy.deepcopy(plan.state) for plan in self.plans]
+
+    def restore(self, states: list[ConstraintState]) -> None:
+        for plan, state in zip(self.plans, states, strict=True):
+            plan.state = state
+
+    def state_dict(self) -> dict:
+        """Every role's power vectors and radii by position, in the single-process layout (a collective
+        with several processes: each matrix's entries come from its owner)."""
+        if self.info.world_size > 1:
+            for plan in self.plans:
+                _collect_state(plan, self.info.rank)
+        return {plan.role: plan.state.state_dict(plan.params) for plan in self.plans}
+
+    def load_state_dict(self, state: dict) -> None:
+        for plan in self.plans:
+            if plan.role in state:
+                plan.state.load_state_dict(plan.params, state[plan.role])
+
+    # -- the Lipschitz bound ----------------------------------------------------------------------------------------
+
+    def metrics(self) -> dict:
+        """lipschitz_bound, log10_lipschitz_bound and each matrix's σ_max (rank 0; empty when not wanted)."""
+        if not (self.bound_wanted and self.info.is_main):
+            return {}
+        from model.lipschitz import lipschitz_bound
+
+        self.last_bound = lipschitz_bound(self.model).metrics()
+        return self.last_bound
+
+    def summary(self) -> dict:
+        """The last bound, for summary.json (empty when none was computed)."""
+        return {k: v for k, v in self.last_bound.items() if k in ("lipschitz_bound", "log10_lipschitz_bound")}
+
+
+def _normalize_exactly(params: list, max_norm: float, shape_scaled: bool) -> None:
+    """W <- W / max(1, sigma_max / beta) for each matrix, sigma_max exact (SVD, float64): every rank the same."""
+    for p in params:
+        m, n = p.shape[-2:]
+        beta = max_norm * (math.sqrt(m / n) if shape_scaled else 1.0)
+        sigma = torch.linalg.matrix_norm(p.detach().double(), ord=2)
+        p.detach().div_((sigma / beta).clamp_min(1.0).to(p.dtype)[..., None, None])
+
+
+def _bound_wanted(mode: str, model_cfg) -> bool:
+    from model.lipschitz import uncovered
+
+    return mode == "always" or (mode == "auto" and not uncovered(model_cfg))
+
+
+def _by_shape(params: list) -> dict[tuple, list]:
+    groups: dict[tuple, list] = defaultdict(list)
+    for p in params:
+        groups[tuple(p.shape[-2:])].append(p)
+    return groups
+
+
+def _chunks(params: list, sharded: list[Chunk], world_size: int) -> list[Chunk]:
+    """The chunks of the sharded optimizer that hold these params, then the rest cut by shape into chunks
+    of world_size (slot r: rank r's), as optimizers/sharded.py does."""
+    ids = {id(p) for p in params}
+    chunks = [c for c in sharded if any(p is not None and id(p) in ids for p in c.params)]
+    taken = {id(p) for c in chunks for p in c.params if p is not None}
+    rest: dict[tuple, list] = defaultdict(list)
+    for p in params:
+        if id(p) not in taken:
+            rest[tuple(p.shape)].append(p)
+    for shape, ps in rest.items():
+        for start in range(0, len(ps), world_size):
+            slots = ps[start:start + world_size]
+            chunks.append(Chunk(-1, shape, slots + [None] * (world_size - len(slots))))
+    return chunks
+
+
+def _gather_weights(chunks: list[Chunk], rank: int, world_size: int) -> None:
+    """Every slot of every chunk from its owner (all-gathers launched together, then copied in)."""
+    pending = []
+    for chunk in chunks:
+        ref = next(p for p in chunk.params if p is not None)
+        mine = chunk.params[rank]
+        local = mine.detach().contiguous() if mine is not None else torch.zeros_like(ref)
+        out = torch.empty(world_size * local.numel(), dtype=local.dtype, device=local.device)
+        pending.append((chunk, out, collectives.all_gather(out, local.view(-1))))
+    for chunk, out, handle in pending:
+        handle.wait()
+        for r, p in enumerate(chunk.params):
+            if p is not None and r != rank:
+                p.detach().copy_(out.view(world_size, *p.shape)[r])
+
+
+def _collect_state(plan: RolePlan, rank: int) -> None:
+    """Give every rank every matrix's power vector and radius: each owner writes its own into a zero buffer
+    (with a presence flag) and a SUM all-reduce adds them up, which is exact (x + 0 = x)."""
+    owned = {id(p) for p in plan.owned(rank)}
+    for name in ("vectors", "radii"):
+        store = getattr(plan.state, name)
+        keys = [(p.data_ptr(), tuple(p.shape)) for p in plan.params]
+        shapes = [(*p.shape[:-2], p.size(-1)) if name == "vectors" else tuple(p.shape[:-2]) for p in plan.params]
+        dtype = torch.promote_types(plan.params[0].dtype, torch.float32)
+        sizes = [math.prod(s) for s in shapes]
+        flat = torch.zeros(sum(sizes) + len(sizes), dtype=dtype, device=plan.params[0].device)
+        values, present = flat[: sum(sizes)].split(sizes), flat[sum(sizes):]
+        for i, (p, k) in enumerate(zip(plan.params, keys)):
+            if id(p) in owned and k in store:
+                values[i].copy_(store[k].reshape(-1))
+                present[i] = 1
+        dist.all_reduce(flat)
+        for i, k in enumerate(keys):
+            if present[i] > 0:
+                store[k] = values[i].reshape(shapes[i]).clone()
