@@ -161,7 +161,7 @@ def test_shipped_specs_plan_and_validate():
                                                                for o in spec.optimizers}, spec.budgets, spec.seeds))
         assert len({r.run_id for r in runs}) == len(runs) > 0
     cpu = benchmark.load_benchmark(REPO / "configs/benchmarks/cpu_shakespeare.toml")
-    assert cpu.optimizers == ("muon", "scion", "adamw", "signum") and cpu.slots <= 2
+    assert cpu.optimizers == ("muon", "scion", "adamw", "signum", "shampoo", "normuon", "prodigy") and cpu.slots <= 2
     assert cpu.overrides["checkpoint.every"] == 0 and cpu.overrides["checkpoint.final"] is False
 
 
