@@ -26,6 +26,12 @@ def quantize(t: Tensor, scale: float, dtype: torch.dtype = FORWARD) -> Tensor:
     return t.mul(scale).to(dtype).contiguous()
 
 
+def column_major(t: Tensor) -> Tensor:
+    """The same matrix stored column by column: _scaled_mm's layout for its second operand. The
+    quantized head needs it in every chunk's backward, so the loss makes it once per step."""
+    return t.t().contiguous().t()
+
+
 def _scaled_mm(a: Tensor, b: Tensor, scale: float, out_dtype: torch.dtype, fast: bool) -> Tensor:
     one = torch.ones((), dtype=torch.float32, device=a.device)
     return torch._scaled_mm(a, b, scale_a=one / scale, scale_b=one, out_dtype=out_dtype, use_fast_accum=fast)
@@ -36,11 +42,12 @@ def forward(x8: Tensor, w8: Tensor) -> Tensor:
     return _scaled_mm(x8, w8.t(), X_SCALE * W_SCALE, torch.bfloat16, fast=True)
 
 
-def backward(g: Tensor, x8: Tensor, w8: Tensor) -> tuple[Tensor, Tensor]:
-    """(dL/dx in bf16, dL/dW in fp32) from g = dL/dz (n, vocab) and the forward's quantized operands."""
+def backward(g: Tensor, x8: Tensor, w8_cm: Tensor) -> tuple[Tensor, Tensor]:
+    """(dL/dx in bf16, dL/dW in fp32) from g = dL/dz (n, vocab), the forward's quantized x and the
+    quantized W in column-major layout (`column_major(w8)`)."""
     g8 = quantize(g, GRAD_SCALE, BACKWARD)
-    grad_x = _scaled_mm(g8, w8.t().contiguous().t(), GRAD_SCALE * W_SCALE, torch.bfloat16, fast=False)
-    grad_w = _scaled_mm(x8.t().contiguous(), g8.t().contiguous().t(), GRAD_SCALE * X_SCALE, torch.float32, fast=False)
+    grad_x = _scaled_mm(g8, w8_cm, GRAD_SCALE * W_SCALE, torch.bfloat16, fast=False)
+    grad_w = _scaled_mm(x8.t().contiguous(), column_major(g8), GRAD_SCALE * X_SCALE, torch.float32, fast=False)
     return grad_x, grad_w.t()
 
 

@@ -90,7 +90,6 @@ class LipschitzBound:
     bound: float  # L, RMS -> RMS, max over tokens, on inputs with rows of RMS <= radius
     radius: float  # R: the largest RMS of an embedding row
     sigmas: dict  # σ_max of every matrix, by compact name ("b0.q", "b0.o", "b1.fc", "head", ...)
-    branches: dict  # the Jacobian bound of every branch ("b0.attn", "b0.mlp"), Euclidean per token
 
     @property
     def log10(self) -> float | None:
@@ -159,14 +158,13 @@ def _bound(model) -> LipschitzBound:
     rows = model.embed.weight[: cfg.vocab_size].detach().double()
     radius = rows.square().mean(dim=-1).sqrt().max().item()
     reach = math.sqrt(cfg.width) * radius  # Euclidean bound per token at the current branch's input
-    lip, sigmas, branches = 1.0, {}, {}
+    lip, sigmas = 1.0, {}
     for i, block in enumerate(model.blocks):
         parts = [("attn", attention_bound(block.attn, reach))] if block.attn is not None else []
-        for name, (branch, growth, s) in parts + [("mlp", mlp_bound(block.mlp))]:
+        for _, (branch, growth, s) in parts + [("mlp", mlp_bound(block.mlp))]:
             lip *= residual_factor(block.branch_weight, branch)
             reach *= residual_factor(block.branch_weight, growth)
-            branches[f"b{i}.{name}"] = branch
             sigmas.update({f"b{i}.{k}": v for k, v in s.items()})
     sigmas["head"] = sigma_max(model.head.weight).item()
     lip *= sigmas["head"] * math.sqrt(cfg.width / model.head.weight.size(0))
-    return LipschitzBound(lip, radius, sigmas, branches)
+    return LipschitzBound(lip, radius, sigmas)

@@ -100,13 +100,14 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if bias is not None else None
         total = torch.zeros((), dtype=acc, device=x.device)
         w8 = fp8.quantize(weight, fp8.W_SCALE) if use_fp8 else None
+        w8_cm = fp8.column_major(w8) if use_fp8 else None  # once per step, not per chunk
         for start in range(0, n, chunk):
             xc, tc = x[start : start + chunk], targets[start : start + chunk]
             if use_fp8:  # the matmuls in float8 (model/fp8.py), the rest as below
                 x8 = fp8.quantize(xc, fp8.X_SCALE)
                 z = fp8.forward(x8, w8) + (bias if bias is not None else 0)
                 loss, g = logits_loss(z, tc, cap, kind, grad_scale=1.0 / n)
-                grad_x[start : start + chunk], gw = fp8.backward(g, x8, w8)
+                grad_x[start : start + chunk], gw = fp8.backward(g, x8, w8_cm)
                 grad_w += gw
             else:
                 loss, g = chunk_loss(xc, weight, bias, tc, cap, kind, grad_scale=1.0 / n)

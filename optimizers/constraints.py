@@ -145,6 +145,12 @@ def power_iteration(W: Tensor, v: Tensor, iters: int) -> tuple[Tensor, Tensor, T
     return sigma.reshape(lead), u.reshape(*lead, M.size(1)), v.reshape(*lead, M.size(2))
 
 
+def role_beta(max_norm: float, m: int, n: int, shape_scaled: bool) -> float:
+    """The bound on σ_max of an (m, n) matrix: max_norm, or with shape_scaled the σ_max whose RMS→RMS norm
+    √(n/m)·σ_max is max_norm."""
+    return max_norm * (math.sqrt(m / n) if shape_scaled else 1.0)
+
+
 def spectral_normalize(W: Tensor, beta: float, sigma: Tensor) -> Tensor:
     """W / max(1, σ/β) for each matrix of W (..., m, n), with σ (...,) its spectral norm (σ̂ of the power
     iteration). Returns new weights in W's dtype; a matrix with σ <= β is returned bitwise unchanged."""
@@ -407,7 +413,7 @@ def apply_constraint(method: str, weights: list[Tensor], max_norm: float, state:
     for ((m, n), _, _), ws in _groups(weights).items():
         W = torch.cat([w.detach().reshape(-1, m, n) for w in ws])
         v, fresh, radius = _gather_state(c, ws, W, state)
-        beta = max_norm * (math.sqrt(m / n) if settings.shape_scaled else 1.0)
+        beta = role_beta(max_norm, m, n, settings.shape_scaled)
         batch = Batch(W, v, fresh, radius, None if max_update is None else max_update / max_norm)
         new = c.run(batch, beta, settings)
         start = 0

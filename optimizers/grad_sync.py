@@ -28,7 +28,6 @@ measuring what the overlap buys).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +94,6 @@ class GradSync:
         self._index = {id(p): i for i, p in enumerate(params)}
         self.divide = collectives.needs_division()
         self.sync_this_backward = True
-        self.comm_wait_s = 0.0  # time spent blocked in waits (what the overlap did not hide)
         if overlap:
             for p in params:
                 p.register_post_accumulate_grad_hook(self._on_grad)
@@ -148,9 +146,7 @@ class GradSync:
     # during the optimizer step
 
     def _wait(self, bucket: _Bucket, result: Tensor) -> None:
-        t0 = time.perf_counter()
         bucket.handle.wait()
-        self.comm_wait_s += time.perf_counter() - t0
         if self.divide:
             result /= self.world_size
 

@@ -185,8 +185,13 @@ class Muon(ShardableOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(g)
             directions.append(muon_direction(g, state["momentum_buffer"], group["momentum"], group["nesterov"]))
         U = orthogonalize(torch.stack(directions), group["method"], group["steps"], backend=group["backend"],
-                          keep_dtype=True)  # bf16 on CUDA: the sharded step gathers half the bytes of fp32
+                          keep_dtype=True)  # bf16 on CUDA: no round trip to fp32 before the bf16 gather
         return list((U * shape_scale(group["shape_scale"], U.size(-2), U.size(-1))).unbind(0))
+
+    def gather_dtype(self, group: dict, grad: Tensor) -> torch.dtype:
+        """bf16 on CUDA, as the records gather Muon's updates: half the bytes of fp32 (Newton-Schulz works in
+        bf16 there anyway)."""
+        return torch.bfloat16 if grad.is_cuda else grad.dtype
 
     @staticmethod
     def apply_update(group: dict, p: Tensor, update: Tensor) -> None:

@@ -63,6 +63,12 @@ class ShardableOptimizer(Optimizer):
     def step_replicated(self) -> None:
         raise NotImplementedError
 
+    def gather_dtype(self, group: dict, grad: Tensor) -> torch.dtype:
+        """The dtype the owners' updates travel in (`sharded_step` casts the owner's update and the padding
+        slots' zeros to it, so that every rank sends the same dtype): the gradient's, unless the optimizer
+        says otherwise (Muon: bf16 on CUDA)."""
+        return grad.dtype
+
     def sharded_state(self, group: dict, p: Tensor) -> dict[str, Tensor]:
         """The state of one sharded matrix, zero-filled, with every key its owner holds after a step:
         what the other ranks allocate to receive the owner's copy (`gather_state`). Momentum only,
@@ -120,12 +126,13 @@ def sharded_step(optimizer, sync, rank: int, world_size: int) -> int:
     for i, chunk in enumerate(sync.chunks):
         group = optimizer.param_groups[chunk.group_index]
         grad = sync.wait_chunk(i)
+        wire = optimizer.gather_dtype(group, grad)  # the same on every rank, owner or padding
         mine = chunk.params[rank]
         if mine is not None:
-            update = optimizer.updates(group, [mine], [grad])[0].contiguous()
+            update = optimizer.updates(group, [mine], [grad])[0].to(wire).contiguous()
             done += 1
         else:  # padding slot: contribute zeros to the gather
-            update = torch.zeros(chunk.shape, device=grad.device, dtype=grad.dtype)
+            update = torch.zeros(chunk.shape, device=grad.device, dtype=wire)
         gathered = torch.empty(world_size * update.numel(), device=update.device, dtype=update.dtype)
         handle = collectives.all_gather(gathered, update.view(-1))
         gathered = gathered.view(world_size, *chunk.shape)

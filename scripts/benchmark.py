@@ -71,11 +71,13 @@ sys.path.insert(0, str(REPO))
 from optimizers.registry import OPTIMIZERS  # noqa: E402
 from scripts import records  # noqa: E402
 from scripts.sweeps.results import collect_results, plot_lr_transfer, write_csv  # noqa: E402
-from scripts.sweeps.runner import (FINISHED, TRAIN_SCRIPT, Progress, Slot, Sweeper, SweepDir, detect_gpus,  # noqa: E402
+from scripts.sweeps.runner import (FINISHED, TRAIN_SCRIPT, Progress, Slot, Sweeper, SweepDir,  # noqa: E402
                                    make_slots, runs_to_do)
 from scripts.sweeps.spec import (Axis, PlotSpec, SpecError, SweepSpec, check_spec, flatten, plan_runs,  # noqa: E402
                                   read_toml)
+from scripts.sweep import _interrupt, parse_gpus  # noqa: E402
 from training.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from training.hardware import cpu_model  # noqa: E402
 from training.config import ConfigError, load_config, validate  # noqa: E402
 from training.exit_codes import EXIT_INTERRUPTED  # noqa: E402
 
@@ -542,10 +544,7 @@ def machine_description(slots: list[Slot]) -> str:
     """Processor, cores and load at start (CPU), or the GPUs the runs used."""
     if any(s.gpus for s in slots):
         return f"{len(slots)} slot(s) of GPUs {', '.join(','.join(s.gpus) for s in slots)} (see the runs' summary.json)"
-    model = ""
-    if Path("/proc/cpuinfo").is_file():
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
+    model = cpu_model()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"CPU {model or 'unknown'}, {os.cpu_count()} cores, {len(slots)} run(s) at once, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {load:.1f} at the end")
@@ -590,12 +589,6 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
 
 # ----------------------------------------------------------------------------------------------
 # Command line
-
-
-def parse_gpus(text: str | None) -> list[str]:
-    if text is None:
-        return detect_gpus()
-    return [] if text.strip().lower() in ("", "none", "cpu") else [g.strip() for g in text.split(",") if g.strip()]
 
 
 def prepare(args) -> Context:
@@ -657,11 +650,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"record: {dest}; table: {records.write_table(args.records_root)}")
     failed = [r for r in search_rows_ + ladder_rows_ if r["status"] == "failed"]
     return 1 if failed else 0
-
-
-def _interrupt(_signum, _frame):
-    """SIGTERM stops the benchmark like Ctrl-C: the running runs stop after their current step."""
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

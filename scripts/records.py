@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from training.atomic import atomic_write_text  # noqa: E402
+from training.hardware import cpu_model  # noqa: E402
 RECORDS = REPO / "records"
 RUN_FILES = ("config.toml", "log.txt", "metrics.jsonl", "summary.json")
 RECORD_NAME = re.compile(r"^(\d{4}-\d{2}-\d{2})_(.+)$")
@@ -213,10 +214,7 @@ def _hardware(runs: list[Path]) -> str:
     devices = _distinct(read_summary(r).get("device") for r in runs if (r / "summary.json").is_file())
     if devices.lower() != "cpu":
         return devices
-    model = ""
-    if Path("/proc/cpuinfo").is_file():
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
+    model = cpu_model()
     return f"cpu: {model or 'unknown processor'}, {os.cpu_count()} cores"
 
 

@@ -191,3 +191,43 @@ def test_reductions_overlap_backward_and_each_rank_orthogonalizes_its_share(tmp_
     hidden = res[0]["hidden"]
     assert sum(r["done"] for r in res) == hidden  # every matrix exactly once over all ranks
     assert all(r["done"] <= r["share"] for r in res)  # no rank does more than ceil(n / world) per shape
+
+
+def test_padding_slots_send_the_dtype_the_owners_send(monkeypatch):
+    """A rank that owns no matrix of a chunk (padding) sends zeros in the optimizer's gather dtype, the dtype
+    the owner casts its update to (Muon: bf16 on CUDA while the weights are fp32): one dtype per gather on
+    every rank, as NCCL needs. Checked without a process group: rank 1 of 2, the collective recorded."""
+    from optimizers import collectives
+    from optimizers.muon import Muon
+    from optimizers.sharded import Chunk, sharded_step
+
+    class Half(Muon):  # stands in for Muon on CUDA: the wire dtype differs from the weights'
+        def gather_dtype(self, group, grad):
+            return torch.float16
+
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    opt = Half([dict(params=[w], algorithm="muon")], lr=0.1)
+    sent = []
+
+    class Sync:
+        chunks = [Chunk(0, (8, 4), [w, None])]
+
+        def wait_chunk(self, i):
+            return torch.randn(8, 4)
+
+        def wait_replicated(self):
+            pass
+
+    class Done:
+        def wait(self):
+            pass
+
+    def fake_gather(out, inp, async_op=True):
+        sent.append(inp.dtype)
+        out.copy_(torch.cat([inp, inp]))
+        return Done()
+
+    monkeypatch.setattr(collectives, "all_gather", fake_gather)
+    assert sharded_step(opt, Sync(), rank=1, world_size=2) == 0  # rank 1: the padding slot
+    assert sharded_step(opt, Sync(), rank=0, world_size=2) == 1  # rank 0: the owner
+    assert sent == [torch.float16, torch.float16]

@@ -49,7 +49,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from optimizers import collectives
-from optimizers.constraints import SOFT_CAP_MAX_K, ConstraintSettings, ConstraintState, apply_constraint
+from model.lipschitz import sigma_max
+from optimizers.constraints import (SOFT_CAP_MAX_K, ConstraintSettings, ConstraintState, apply_constraint, role_beta,
+                                   spectral_normalize)
 from optimizers.muon import shape_scale
 from optimizers.sharded import Chunk
 
@@ -225,10 +227,8 @@ class Constrainer:
 def _normalize_exactly(params: list, max_norm: float, shape_scaled: bool) -> None:
     """W <- W / max(1, sigma_max / beta) for each matrix, sigma_max exact (SVD, float64): every rank the same."""
     for p in params:
-        m, n = p.shape[-2:]
-        beta = max_norm * (math.sqrt(m / n) if shape_scaled else 1.0)
-        sigma = torch.linalg.matrix_norm(p.detach().double(), ord=2)
-        p.detach().div_((sigma / beta).clamp_min(1.0).to(p.dtype)[..., None, None])
+        beta = role_beta(max_norm, *p.shape[-2:], shape_scaled)
+        p.detach().copy_(spectral_normalize(p.detach(), beta, sigma_max(p)))
 
 
 def _bound_wanted(mode: str, model_cfg) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,15 @@ PEAK_BF16_TFLOPS = {
 def device_name(device: torch.device, world_size: int = 1) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return f"{name} x{world_size}" if world_size > 1 else name
+
+
+def cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo ("" where there is none)."""
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                 if line.startswith("model name")), "")
 
 
 def peak_tflops(device: torch.device) -> float | None:

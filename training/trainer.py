@@ -341,10 +341,12 @@ class Trainer:
                 p.grad.copy_(g)
 
     def _val_batches(self, step: int):
+        """The validation batches; their token ids were checked once at start-up (training/run_data.py), not
+        again at every validation."""
         cfg, info = self.cfg, self.info
         return val_batches(self.val_files, tokens=eval_tokens(cfg, step), seq_len=cfg.eval_seq_len,
                            batch_size=eval_batch_size(cfg, info.world_size), rank=info.rank,
-                           world_size=info.world_size, device=info.device, vocab_size=cfg.model.vocab_size)
+                           world_size=info.world_size, device=info.device, vocab_size=None)
 
     # ------------------------------------------------------------------------------------------
     # checkpoint
@@ -575,6 +577,8 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         self.out.summary(summary)
+        if self.watch is not None:  # its log handler would outlive the run (several Trainers in one process)
+            self.watch.stop()
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in summary.items() if v is not None})
             self.wandb.finish()
