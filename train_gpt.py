@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    info = distributed.init_distributed(cfg.device, cfg.distributed.timeout_s)
+    info = distributed.init_distributed(cfg.device, cfg.distributed.timeout_s, cfg.distributed.one_rank_group)
     try:
         distributed.check_same_everywhere(info, to_toml(cfg), distributed.code_hash(REPO))
         summary = train(cfg, info, {"config_file": config_path, "overrides": overrides})

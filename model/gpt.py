@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from model.attention import CausalSelfAttention, make_mask
 from model.embeddings import ValueEmbeddings
 from model.loss import Head
-from model.masks import document_ids
+from model.masks import document_ids, window_block_count
 from model.mlp import MLP
 from model.norm import RMSNorm
 from model.roles import ROLES
@@ -206,7 +206,7 @@ def flops_per_token(cfg, seq_len: int, window: int = 0) -> float:
 
     where keys_b is the mean number of keys a query attends in block b: min(t + 1, w_b) averaged
     over positions t < seq_len, w_b being `window` for 'L' blocks and window // 2 for 'S' blocks
-    (0: full causal); with model.window_blocks, min(t + 1, t mod 128 + 1 + 128 (w_b // 128 − 1)).
+    (0: full causal); with model.window_blocks, min(t + 1, t mod 128 + 1 + 128 (max(1, w_b // 128) − 1)).
     Embedding lookups, norms, activations and the loss are not counted, nor is document masking
     (the attention kernel skips only whole blocks outside a document)."""
     inner = cfg.heads * cfg.head_dim
@@ -219,7 +219,7 @@ def flops_per_token(cfg, seq_len: int, window: int = 0) -> float:
     def mean_keys(w: int) -> float:
         if w <= 0:
             return (t + 1).mean().item()
-        reach = t % 128 + 1 + 128 * (w // 128 - 1) if cfg.window_blocks else torch.full_like(t, float(w))
+        reach = t % 128 + 1 + 128 * (window_block_count(w) - 1) if cfg.window_blocks else torch.full_like(t, float(w))
         return torch.minimum(t + 1, reach).mean().item()
 
     keys = sum(mean_keys(window // 2 if pattern[i] == WINDOW_KINDS[1] else window) for i in attention)

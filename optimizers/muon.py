@@ -15,11 +15,9 @@ where orth(D) ≈ U Vᵀ of D = U S Vᵀ (optimizers/orthogonalize.py) and s is 
 Matrices of the same shape are orthogonalized together as one batch. A weight with leading
 dimensions (e.g. a merged (3, d, d) QKV weight) is a batch of independent matrices.
 
-Param groups with algorithm "adamw" (embeddings, head, scalars: what Muon must not touch) take an
-AdamW step instead, so one optimizer object, with one state_dict, trains the whole model:
-
-    m <- β1·m + (1 − β1)·g,   v <- β2·v + (1 − β2)·g²
-    W <- (1 − lr·λ)·W − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + ε)
+Param groups with algorithm "adamw" or "prodigy" (embeddings, head, scalars: what Muon must not touch)
+take a step of the auxiliary optimizer instead (optimizers/auxiliary.py: AdamW, fused on CUDA, or
+Prodigy), so one optimizer object, with one state_dict, trains the whole model.
 
 Config: `[optim] name = "muon"`, settings in `[optim.muon]` (MuonConfig below: the defaults are the
 modded-nanogpt record of 2025-01-26, and the class takes its defaults from the same dataclass).
@@ -34,7 +32,8 @@ import torch
 from torch import Tensor
 
 from optimizers.orthogonalize import orthogonalize
-from optimizers.prodigy import PRODIGY, ProdigyConfig, prodigy_group_settings, prodigy_metrics, prodigy_step
+from optimizers.auxiliary import AUXILIARY, auxiliary_step, role_groups
+from optimizers.prodigy import PRODIGY, prodigy_metrics
 from optimizers.sharded import ShardableOptimizer
 from optimizers.spec import (ADAMW, MomentumWarmup, OptimizerSettings, OptimizerSpec, Orthogonalizes, Role,
                              check_choice, check_positive, check_range)
@@ -97,50 +96,6 @@ def muon_direction(grad: Tensor, buf: Tensor, beta: float, nesterov: bool) -> Te
     return grad.lerp(buf, beta) if nesterov else buf.clone()
 
 
-def adamw_step(p: Tensor, grad: Tensor, state: dict, lr: float, betas, eps: float, weight_decay: float) -> None:
-    """One AdamW step for one tensor, in place (the equation in the module docstring)."""
-    if "step" not in state:
-        state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(p)
-        state["exp_avg_sq"] = torch.zeros_like(p)
-    state["step"] += 1
-    beta1, beta2 = betas
-    m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
-    m.lerp_(grad, 1 - beta1)
-    v.lerp_(grad.square(), 1 - beta2)
-    denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
-    if weight_decay:
-        p.mul_(1 - lr * weight_decay)
-    p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
-
-
-def adamw_foreach(params: list[Tensor], grads: list[Tensor], states: list[dict], lr: float, betas, eps: float,
-                  weight_decay: float) -> None:
-    """`adamw_step` for many tensors at once with torch's foreach kernels (a few fused launches
-    instead of several per tensor), in the same order of operations, so the same numbers."""
-    for state, p in zip(states, params):
-        if "step" not in state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
-    by_step: dict[int, list[int]] = {}  # tensors that took the same number of steps share a bias correction
-    for i, state in enumerate(states):
-        by_step.setdefault(state["step"], []).append(i)
-    beta1, beta2 = betas
-    for t, idx in by_step.items():
-        ps, gs = [params[i] for i in idx], [grads[i] for i in idx]
-        ms, vs = [states[i]["exp_avg"] for i in idx], [states[i]["exp_avg_sq"] for i in idx]
-        torch._foreach_lerp_(ms, gs, 1 - beta1)
-        torch._foreach_lerp_(vs, torch._foreach_mul(gs, gs), 1 - beta2)
-        denom = torch._foreach_div(vs, 1 - beta2**t)
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, eps)
-        if weight_decay:
-            torch._foreach_mul_(ps, 1 - lr * weight_decay)
-        torch._foreach_addcdiv_(ps, ms, denom, value=-lr / (1 - beta1**t))
-
-
 class Muon(ShardableOptimizer):
     """Muon for groups with algorithm="muon" (the default), AdamW for groups with algorithm="adamw".
 
@@ -200,7 +155,7 @@ class Muon(ShardableOptimizer):
         p.add_(update.to(p.dtype), alpha=-group["lr"])
 
     def step_replicated(self) -> None:
-        """The auxiliary groups: AdamW's each in one foreach step, Prodigy's."""
+        """The auxiliary groups (optimizers/auxiliary.py): AdamW's, Prodigy's."""
         for group in self.param_groups:
             if not self.is_sharded(group):
                 auxiliary_step(group, self.state)
@@ -208,33 +163,6 @@ class Muon(ShardableOptimizer):
     def metrics(self) -> dict[str, float]:
         """The distance estimate d of each Prodigy role (empty without one)."""
         return prodigy_metrics([g for g in self.param_groups if g["algorithm"] == PRODIGY])
-
-
-# The roles Muon (and NorMuon, Shampoo) do not orthogonalize: AdamW (role norm "adamw"), or Prodigy (role norm
-# "prodigy": optimizers/prodigy.py with ProdigyConfig's defaults; set that role's lr to 1, the multiplier of d).
-AUXILIARY = (ADAMW, PRODIGY)
-
-
-def auxiliary_step(group: dict, state: dict) -> None:
-    """One step of an auxiliary group: Prodigy's for algorithm "prodigy", else AdamW's (one foreach step)."""
-    if group["algorithm"] == PRODIGY:
-        prodigy_step(group, state)
-        return
-    params = [p for p in group["params"] if p.grad is not None]
-    adamw_foreach(params, [p.grad for p in params], [state[p] for p in params], group["lr"], group["betas"],
-                  group["eps"], group["weight_decay"])
-
-
-def role_groups(groups: list[dict], matrix_algorithm: str) -> list[dict]:
-    """The registry's role groups made the optimizer's: the "spectral" role (hidden) gets
-    `matrix_algorithm`, the others their norm's auxiliary algorithm (AUXILIARY), with Prodigy's settings."""
-    for g in groups:
-        norm = g.pop("norm")
-        g["algorithm"] = matrix_algorithm if norm == "spectral" else norm
-        g.pop("scale")
-        if norm == PRODIGY:
-            g.update(prodigy_group_settings(ProdigyConfig()))
-    return groups
 
 
 def build(groups: list[dict], s: MuonConfig, device: torch.device) -> Muon:

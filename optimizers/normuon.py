@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optimizers.muon import Muon, MuonConfig, role_groups
+from optimizers.auxiliary import role_groups
+from optimizers.muon import Muon, MuonConfig
 from optimizers.spec import OptimizerSpec, Role, check_choice, check_positive, check_range
 
 NORMALIZE = ("auto", "rows", "columns", "off")

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optimizers.muon import AUXILIARY, Muon, MuonConfig, auxiliary_step, role_groups
+from optimizers.auxiliary import AUXILIARY, auxiliary_step, role_groups
+from optimizers.muon import Muon, MuonConfig
 from optimizers.prodigy import PRODIGY
 from optimizers.sharded import ShardableOptimizer
 from optimizers.spec import (ADAMW, OptimizerSettings, OptimizerSpec, OptionError, Role, check_choice,

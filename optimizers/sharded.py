@@ -2,13 +2,16 @@
 
 The matrices of the sharded groups (Muon's hidden matrices, Scion's spectral-norm groups) are
 grouped by shape and cut into chunks of `world_size`, in the order their gradients arrive during
-backward; the last chunk of a shape is padded. Rank r owns slot r of every chunk. For each chunk:
+backward; the last chunk of a shape is padded. Rank r owns slot r of every chunk. The chunks of one
+param group and shape form a batch; for each batch, in the order its last gradient arrives:
 
-    1. wait for the reduce-scatter that delivered the averaged gradient of this rank's matrix
-       (started by optimizers/grad_sync.py while backward was still running),
-    2. compute its update (momentum, then orthogonalization) with the optimizer's `updates`,
-    3. all-gather the updates of the whole chunk, asynchronously: the gather of chunk i runs while
-       chunk i + 1 is being orthogonalized,
+    1. wait for the reduce-scatters that delivered the averaged gradients of this rank's matrices
+       (started by optimizers/grad_sync.py while backward was still running, one per chunk),
+    2. compute their updates (momentum, then orthogonalization) with one call of the optimizer's
+       `updates`: all of this rank's matrices of that shape as one batch (one Newton–Schulz launch
+       per iteration, not one per matrix),
+    3. all-gather the updates of each chunk, asynchronously: the gathers of one batch run while the
+       next batch is being orthogonalized,
     4. every rank applies every update of the chunk with the optimizer's `apply_update`.
 
 The momentum of a matrix (all of its state: `sharded_state` names it) lives on its owner only;
@@ -117,27 +120,41 @@ def plan_chunks(optimizer, world_size: int, backward_rank: dict[int, int]) -> li
     return chunks
 
 
+def batches_of(chunks: list[Chunk]) -> list[list[int]]:
+    """The chunk indices of each (param group, shape), every batch in chunk order; batches ordered by their
+    last chunk (the one whose gradients arrive last)."""
+    by_key: dict[tuple, list[int]] = defaultdict(list)
+    for i, chunk in enumerate(chunks):
+        by_key[(chunk.group_index, chunk.shape)].append(i)
+    return sorted(by_key.values(), key=lambda batch: batch[-1])
+
+
 @torch.no_grad()
 def sharded_step(optimizer, sync, rank: int, world_size: int) -> int:
     """One optimizer step with sharded orthogonalization; returns how many matrices this rank
     orthogonalized (its share)."""
     pending: list[tuple[Chunk, Tensor, object]] = []
     done = 0
-    for i, chunk in enumerate(sync.chunks):
-        group = optimizer.param_groups[chunk.group_index]
-        grad = sync.wait_chunk(i)
-        wire = optimizer.gather_dtype(group, grad)  # the same on every rank, owner or padding
-        mine = chunk.params[rank]
-        if mine is not None:
-            update = optimizer.updates(group, [mine], [grad])[0].to(wire).contiguous()
-            done += 1
-        else:  # padding slot: contribute zeros to the gather
-            update = torch.zeros(chunk.shape, device=grad.device, dtype=wire)
-        gathered = torch.empty(world_size * update.numel(), device=update.device, dtype=update.dtype)
-        handle = collectives.all_gather(gathered, update.view(-1))
-        gathered = gathered.view(world_size, *chunk.shape)
-        pending.append((chunk, gathered, handle))
-        if len(pending) > 1:  # the previous chunk's gather has had this chunk's compute to finish
+    for batch in batches_of(sync.chunks):
+        chunks = [sync.chunks[i] for i in batch]
+        group = optimizer.param_groups[chunks[0].group_index]
+        grads = [sync.wait_chunk(i) for i in batch]
+        wire = optimizer.gather_dtype(group, grads[0])  # the same on every rank, owner or padding
+        mine = [k for k, chunk in enumerate(chunks) if chunk.params[rank] is not None]
+        updates = optimizer.updates(group, [chunks[k].params[rank] for k in mine], [grads[k] for k in mine]) \
+            if mine else []
+        update_of = dict(zip(mine, updates))
+        done += len(mine)
+        waiting = len(pending)  # the previous batch's gathers, finished while this batch was computed
+        for k, chunk in enumerate(chunks):
+            if k in update_of:
+                update = update_of[k].to(wire).contiguous()
+            else:  # padding slot: contribute zeros to the gather
+                update = torch.zeros(chunk.shape, device=grads[k].device, dtype=wire)
+            gathered = torch.empty(world_size * update.numel(), device=update.device, dtype=update.dtype)
+            handle = collectives.all_gather(gathered, update.view(-1))
+            pending.append((chunk, gathered.view(world_size, *chunk.shape), handle))
+        for _ in range(waiting):
             _apply(optimizer, *pending.pop(0))
     for item in pending:
         _apply(optimizer, *item)

@@ -5,7 +5,8 @@
 
 For every world size, and for every combination of distributed.overlap (reductions start during
 backward, or only after it) and distributed.shard_optimizer (each rank orthogonalizes its share,
-or every rank all matrices), it launches `torchrun --nproc_per_node=W` on this script in worker
+or every rank all matrices), or with one process the plain step and the step in a one-rank group
+(distributed.one_rank_group: the code path of several ranks, with a world of one), it launches `torchrun --nproc_per_node=W` on this script in worker
 mode, times `--steps` training steps after `--warmup`, and records (rank 0, mean per step):
 
     step_ms              the whole step (forward_backward_ms + optimizer_ms)
@@ -52,6 +53,9 @@ sys.path.insert(0, str(REPO))
 from training.atomic import atomic_write_json  # noqa: E402
 
 VARIANTS = [dict(overlap=o, shard=s) for o in (True, False) for s in (True, False)]
+# one process: the plain step, and the same step in a one-rank group (every distributed path with a world of one:
+# what the group costs in host overhead, e.g. per-chunk launches, is what it adds to the plain step)
+ONE_PROCESS = [dict(overlap=True, shard=True), dict(overlap=True, shard=True, group=True)]
 TIMERS = {
     "cuda_events": "cuda_events: CUDA events on the compute stream (phases; each collective wait bracketed)",
     "host": "host: time.perf_counter (CPU/gloo, where a wait blocks the host until the collective is done)",
@@ -167,7 +171,7 @@ def worker(args, overrides) -> None:
     if rows % (world * cfg.data.micro_batch_size) and rows % world == 0:  # keep the global batch: fewer rows per rank
         cfg = load_config(args.config, [*overrides, f"--data.micro_batch_size={rows // world}"])
     validate(cfg, world)
-    info = init_distributed(cfg.device, cfg.distributed.timeout_s)
+    info = init_distributed(cfg.device, cfg.distributed.timeout_s, cfg.distributed.one_rank_group)
     with tempfile.TemporaryDirectory() as tmp:
         if args.random_data:
             need = (args.warmup + args.steps + 2) * (cfg.data.batch_tokens + cfg.model.seq_len * info.world_size * 2)
@@ -183,6 +187,7 @@ def worker(args, overrides) -> None:
         phases = time_phases(trainer, cfg.schedule.steps // 2, args.warmup, args.steps)
     if info.is_main:
         result = dict(world_size=info.world_size, device=device_name(info.device, info.world_size),
+                      one_rank_group=info.active and info.world_size == 1,
                       overlap=cfg.distributed.overlap, shard_optimizer=cfg.distributed.shard_optimizer,
                       **phases, orthogonalized_by_rank0=trainer.orthogonalized)
         atomic_write_json(args.worker_out, result)
@@ -191,7 +196,8 @@ def worker(args, overrides) -> None:
 
 def launch(world: int, variant: dict, args, overrides, out_file: Path) -> dict:
     flags = [f"--distributed.overlap={str(variant['overlap']).lower()}",
-             f"--distributed.shard_optimizer={str(variant['shard']).lower()}"]
+             f"--distributed.shard_optimizer={str(variant['shard']).lower()}",
+             *(["--distributed.one_rank_group=true"] if variant.get("group") else [])]
     inner = [str(Path(__file__).resolve()), "--worker-out", str(out_file), "--config", args.config,
              f"--steps={args.steps}", f"--warmup={args.warmup}", *(["--random-data"] if args.random_data else []),
              *overrides, *flags]
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     results, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for world in worlds:
-            variants = VARIANTS if world > 1 else [dict(overlap=True, shard=True)]
+            variants = VARIANTS if world > 1 else ONE_PROCESS
             for v in variants:
                 r = launch(world, v, args, overrides, Path(tmp) / f"w{world}_{v['overlap']}_{v['shard']}.json")
                 results.append(r)
@@ -243,8 +249,14 @@ def main(argv: list[str] | None = None) -> dict:
     if not gpus and any(w > cores for w in worlds):
         notes.append({"note": f"CPU with {cores} cores: world sizes above {cores} share cores, so their "
                               "timings (and hidden fractions) measure contention, not overlap"})
+    plain, grouped = (next((r for r in results if r["world_size"] == 1 and "error" not in r
+                            and bool(r.get("one_rank_group")) == g), None) for g in (False, True))
+    if plain and grouped:
+        notes.append({"world_size": 1, "one_rank_group_overhead_ms": grouped["step_ms"] - plain["step_ms"],
+                      "optimizer_ms_plain": plain["optimizer_ms"], "optimizer_ms_one_rank_group": grouped["optimizer_ms"]})
     if worlds == [1] or (gpus == 1):
-        notes.append({"note": "one device: nothing to reduce, shard or hide; only the single-process step is measured"})
+        notes.append({"note": "one device: nothing to reduce, shard or hide; the single-process step is measured "
+                              "plain and in a one-rank group (the distributed code path with a world of one)"})
     out = {"config": args.config, "overrides": overrides, "torch_version": torch.__version__,
            "gpus": gpus, "timer": TIMERS["cuda_events" if gpus else "host"], "results": results, "summary": notes}
     atomic_write_json(args.out, out)

@@ -37,9 +37,10 @@ from training.run_data import prepare_data  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
 
 
-def random_shards(folder: Path, vocab_size: int, tokens: int, seed: int = 0) -> list[str]:
+def random_shards(folder: Path, vocab_size: int, tokens: int, seed: int = 0,
+                  name: str = "random_train_000001.bin") -> list[str]:
     rng = np.random.default_rng(seed)
-    path = folder / "random_train_000001.bin"
+    path = folder / name
     write_shard(path, rng.integers(0, vocab_size, size=tokens, dtype=np.uint16))
     return [str(path)]
 

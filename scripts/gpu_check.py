@@ -1,46 +1,57 @@
-"""One command for the GPU figures: the GPU tests, the Newton–Schulz kernels, the 124M step with its
-breakdown, a short training run, and (given the record's log) the record's script side by side.
+"""One command for the GPU figures: the Newton–Schulz kernels, the 124M step with its breakdown (whole
+model, and block by block in a one-rank process group: the code 8 GPUs run), a short training run on
+real text, the GPU tests, and (given the record's log) the record's script side by side.
 
-    python3 scripts/gpu_check.py                                # default stages, about 8 minutes on one H100
-    python3 scripts/gpu_check.py --stages ns,step               # a subset (always run in the order below)
-    python3 scripts/gpu_check.py --stages record --record-log PATH   # the side by side alone (about 5 minutes)
-    python3 scripts/gpu_check.py --dry-run                      # the plan: stages, budgets, commands (any machine)
-    python3 scripts/gpu_check.py --time-limit-s 560 --budget train=200   # fit a 10-minute slot; one stage longer
+    bash scripts/gpu_first_run.sh OUT                           # the prepared run on a borrowed GPU (~9 min)
+    python3 -m scripts.gpu_check                                # default stages, about 9 minutes on one H100/H200
+    python3 -m scripts.gpu_check --stages ns,step               # a subset (always run in the order below)
+    python3 -m scripts.gpu_check --stages record --record-log PATH   # the side by side alone (about 5 minutes)
+    python3 -m scripts.gpu_check --dry-run                      # the plan: stages, budgets, commands (any machine)
+    python3 -m scripts.gpu_check --time-limit-s 540 --out-dir DIR --archive OUT/gpu_check.tar.gz
 
-Stages, in this order, each a subprocess with its own time budget (seconds, `--budget name=s`):
+Stages, in this order (the measurements first), each a subprocess with its own time budget (seconds,
+`--budget name=s`):
 
-    tests   120  `pytest -m gpu`: Triton kernels in bf16, FlexAttention masks vs dense, compiled vs eager
-                 model, fused loss vs reference (whatever carries the `gpu` marker)
-    ns       60  scripts/bench_newton_schulz.py: plain torch vs Triton at 48x768x768, 12x768x3072, 1x4096x4096
-    step    150  the config's step at 48x1024 tokens on this one GPU (scripts/bench_step.py's timing: mean
-                 step, tokens/s, MFU, peak memory) and its breakdown (scripts/bench_comm.py's CUDA-event
-                 phases: forward+backward, optimizer, communication waits), and graphs compiled while timed
-    train   150  train_gpt.py for `--train-steps` steps at 48x1024 tokens on FineWeb shards if the config's
-                 exist, else synthetic Markov-chain shards in a temporary folder; checks that the loss falls,
-                 that the run completed, and that nothing fell back to eager (summary.json's
-                 `compile_fallbacks`; a missing key is "unknown", not 0; and torch's "hit config.recompile_limit"
-                 warning); its final validation reads 10,485,760 tokens, so its peak memory says whether
-                 that validation fits on an 80 GB GPU (per-GPU memory does not depend on the GPU count)
-    record  330  scripts/side_by_side.py: the record's own script (from `--record-log`) and ours, same GPU,
-                 same shards, same tokens per GPU per step, same steps: both ms/step and the ratio; skipped
-                 without `--record-log`
+    ns          45  scripts/bench_newton_schulz.py: plain torch vs Triton at 48x768x768, 12x768x3072, 1x4096x4096
+    step       150  the config's step at 48x1024 tokens on this one GPU, the whole model compiled as one process
+                    runs it (scripts/bench_step.py's timing: mean step, tokens/s, MFU, peak memory), its
+                    breakdown (scripts/bench_comm.py's CUDA-event phases: forward+backward, optimizer,
+                    communication waits), graphs compiled while timed, and one validation of the speedrun's
+                    10,485,760 tokens (random shards): its peak memory says whether it fits on an 80 GB GPU
+    step_group 120  the same step in a one-rank process group (distributed.one_rank_group): per-block
+                    compilation, gradient hooks and buckets, reduce-scatter, sharded Muon and its bf16
+                    all-gather, the path of 8 GPUs with a world of one
+    train      100  train_gpt.py for `--train-steps` steps at 48x1024 tokens: on the character-level
+                    Shakespeare shards when data/shakespeare_char/ holds them (real text; they travel with the
+                    working tree), else on the config's FineWeb shards if they exist, else on synthetic
+                    Markov-chain shards; checks that the loss falls, that the run completed, and that nothing
+                    fell back to eager (summary.json's `compile_fallbacks`, `graph_breaks`, `recompiles`; a
+                    missing key is "unknown", not 0; and torch's "hit config.recompile_limit" warning)
+    tests      100  `pytest -m gpu`: Triton kernels in bf16, FlexAttention vs dense, the fused AdamW, the
+                    compiled block masks (whatever carries the `gpu` marker; a matrix cut to what matters)
+    record     330  scripts/side_by_side.py: the record's own script (from `--record-log`) and ours, same GPU,
+                    same shards, same tokens per GPU per step, same steps: both ms/step and the ratio; skipped
+                    without `--record-log`: a second command of its own (scripts/gpu_first_run.sh OUT record)
 
-The default stages' budgets add up to 8 minutes (the issue allows 20 on one H100; this is sized for a
-15-minute GPU slot with 10 minutes per command); with `--record-log` add about 5 minutes, or run
-`--stages record` as a second command. `--time-limit-s` clips every budget to the time left and skips
-a stage that would start with under a minute. The budgets are estimates (compilation dominates them) to
-be confirmed by the first runs. Each stage writes its JSON as soon as it ends, so a run killed from
-outside keeps what it measured (on SIGTERM the running stage's processes are killed too):
+The default stages' budgets add up to 515 s, for one command of at most 9 minutes on a borrowed GPU
+(10 minutes per command, 15 minutes in all with the machine's start); `--time-limit-s` clips every budget
+to the time left and skips a stage that would start with under a minute. The budgets are estimates for
+cold caches (compilation dominates them), to be confirmed by the first run. Each stage writes its JSON
+as soon as it ends, so a run killed from outside keeps what it measured (on SIGTERM the running
+stage's processes are killed too):
 
-    records/gpu/<YYYY-MM-DD>_<device>/<stage>.json      status, figures, table rows, the raw output JSON,
-                                                        the command, the environment
-    records/gpu/<YYYY-MM-DD>_<device>/<stage>.log.txt   the stage's output
-    records/gpu/<YYYY-MM-DD>_<device>/check.json        this invocation: environment, settings, every stage
+    <out-dir>/<stage>.json          status, figures, table rows, the raw output JSON, the command, the environment
+    <out-dir>/<stage>.log.txt       the stage's output
+    <out-dir>/check.json            this invocation: environment, settings, every stage
+    <out-dir>/table.txt             the final table
+    --archive PATH                  all of <out-dir> as one .tar.gz, rewritten after every stage (a borrowed
+                                    machine returns a few files only)
 
-An existing file is never overwritten: a second run the same day writes `ns-2.json`, `check-2.json`, ...
-The table at the end shows each figure with its target (targets are benchmarks: a missed one is
-reported, it does not fail the check). Exit code: 0 when every selected stage ran and passed its checks
-(a skipped stage is fine), 1 otherwise, 77 at once on a machine without CUDA (nothing is written).
+The default out-dir is records/gpu/<YYYY-MM-DD>_<device>/. An existing file is never overwritten: a
+second run the same day writes `ns-2.json`, `check-2.json`, ... The table at the end shows each figure
+with its target (targets are benchmarks: a missed one is reported, it does not fail the check). Exit
+code: 0 when every selected stage ran and passed its checks (a skipped stage is fine), 1 otherwise, 77
+at once on a machine without CUDA (nothing is written).
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
@@ -73,6 +85,8 @@ EXIT_NO_GPU = 77  # the automake/meson convention for "skipped": nothing to meas
 TOKENS_PER_GPU = 48 * 1024  # the record's tokens per GPU per step (2025-01-26: seq_len = 48*1024)
 VAL_TOKENS = 10_485_760  # the speedrun's validation: the first 10,485,760 tokens of the val shard
 GPU_80GB_MIB = 81_559 - 2_048  # an H100 80GB's 81,559 MiB less room for the CUDA context and fragmentation
+SHAKESPEARE_CHAR = "data/shakespeare_char"  # python3 -m data.shakespeare writes it (real text, a few MB)
+SHAKESPEARE_EVAL_TOKENS = 262_144  # one validation batch of the speedrun config (eval.seq_len), within the 488k of val
 LOSS_DROP = 0.5  # nats: the short run's last logged train loss must be this far below its first
 MIN_STAGE_S = 60  # under --time-limit-s, a stage is not started with less than this left
 NS_SHAPES = "48x768x768,12x768x3072,1x4096x4096"
@@ -110,6 +124,7 @@ class Settings:
     step_warmup: int = 10
     step_steps: int = 20
     record_log: str | None = None
+    train_data: tuple | None = None  # the train stage's data overrides; None: Shakespeare, FineWeb or synthetic
     budgets: dict = field(default_factory=dict)  # stage name -> seconds, over the defaults
     time_limit_s: float | None = None
     python: str = sys.executable
@@ -209,10 +224,15 @@ def ns_read(settings: Settings, scratch: Path, output: str) -> dict:
 # step ------------------------------------------------------------------------------------------
 
 
-def step_command(settings: Settings, scratch: Path, budget_s: float) -> list[str]:
+def step_command(settings: Settings, scratch: Path, budget_s: float, group: bool = False) -> list[str]:
+    extra = ["--distributed.one_rank_group=true", "--no-validate"] if group else [f"--eval.tokens={VAL_TOKENS}"]
     return [settings.python, "scripts/gpu_check.py", "--worker", "step", "--worker-out", str(scratch / "step.json"),
             "--config", settings.config, f"--warmup={settings.step_warmup}", f"--steps={settings.step_steps}",
-            f"--data.batch_tokens={settings.tokens_per_gpu}", *settings.overrides]
+            f"--data.batch_tokens={settings.tokens_per_gpu}", *extra, *settings.overrides]
+
+
+def step_group_command(settings: Settings, scratch: Path, budget_s: float) -> list[str]:
+    return step_command(settings, scratch, budget_s, group=True)
 
 
 def step_read(settings: Settings, scratch: Path, output: str) -> dict:
@@ -230,29 +250,44 @@ def step_read(settings: Settings, scratch: Path, output: str) -> dict:
             share <= OPTIMIZER_SHARE_TARGET),
         row("  peak memory (training step)", f"{raw['peak_memory_mib'] / 1024:.1f} GiB"),
     ]
+    if raw.get("compile_time_s") is not None:
+        rows.append(row("  first step (compilation)", f"{raw['compile_time_s']:.1f} s, "
+                                                       f"{raw.get('graphs_compiled_in_warmup')} graph(s) by the timed steps"))
     problems = []
     if raw.get("graphs_compiled_while_timed"):
         problems.append(f"{raw['graphs_compiled_while_timed']} graphs compiled during the timed steps (recompiles)")
     if raw.get("graphs_compiled_while_timed") is not None:
         rows.append(row("  graphs compiled during timed steps", str(raw["graphs_compiled_while_timed"]), "0",
                         raw["graphs_compiled_while_timed"] == 0))
-    return {"figures": {**{k: raw.get(k) for k in ("step_ms_mean", "step_ms_median", "tokens_per_s", "mfu",
-                                                  "peak_memory_mib")}, "breakdown": parts},
-            "rows": rows, "problems": problems, "raw": raw}
+    if raw.get("graph_breaks"):
+        problems.append(f"{raw['graph_breaks']} graph break(s) in the compiled model")
+    val = raw.get("validation")
+    if val:
+        fits = val["peak_memory_mib"] <= GPU_80GB_MIB
+        rows.append(row(f"  validation of {val['tokens']:,} tokens: peak memory, time (first call, compiling)",
+                        f"{val['peak_memory_mib'] / 1024:.1f} GiB, {val['seconds']:.1f} s",
+                        f"<= {GPU_80GB_MIB / 1024:.1f} GiB (80 GB GPU)", fits))
+    figures = {k: raw.get(k) for k in ("step_ms_mean", "step_ms_median", "tokens_per_s", "mfu", "peak_memory_mib",
+                                       "compile_time_s", "graphs_compiled_in_warmup", "graphs_compiled_while_timed",
+                                       "graph_breaks", "orthogonalized")}
+    return {"figures": {**figures, "breakdown": parts, "validation": val}, "rows": rows, "problems": problems,
+            "raw": raw}
 
 
-def step_worker(out: str, config: str, overrides: list[str], warmup: int, steps: int) -> dict:
+def step_worker(out: str, config: str, overrides: list[str], warmup: int, steps: int, validate_too: bool) -> dict:
     """In the step stage's own process: the whole step timed as bench_step times it, then the same
-    steps phase by phase as bench_comm times them (one model, one compilation)."""
+    steps phase by phase as bench_comm times them (one model, one compilation), then (validate_too) one
+    validation of eval.tokens random tokens with its peak memory."""
     from scripts.bench_comm import time_phases
     from scripts.bench_step import random_shards, summarize, time_steps
     from training.config import load_config, validate
-    from training.distributed import init_distributed
+    from training.distributed import init_distributed, shutdown
+    from training.hardware import peak_memory_mib, reset_peak_memory, synchronize
     from training.trainer import Trainer
 
     cfg = load_config(config, overrides)
     validate(cfg, 1)
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, cfg.distributed.timeout_s, cfg.distributed.one_rank_group)
     watch = compile_watch()
     with tempfile.TemporaryDirectory() as tmp:
         rows = cfg.data.batch_tokens // cfg.model.seq_len
@@ -260,15 +295,32 @@ def step_worker(out: str, config: str, overrides: list[str], warmup: int, steps:
         trainer = Trainer(cfg, info)
         trainer.build(random_shards(Path(tmp), cfg.model.vocab_size, min(need, 2**31 - 1)))
         at = cfg.schedule.steps // 2
-        for _ in range(warmup):
+        t0 = time.perf_counter()
+        trainer.step(at)  # the first step: compilation (and autotuning)
+        synchronize(info.device)
+        compile_s = time.perf_counter() - t0
+        for _ in range(warmup - 1):
             trainer.step(at)
         seen = watch.new_graphs() if watch else None
         whole = summarize(trainer, time_steps(trainer, at, 0, steps), trainer.window_size(at))
         parts = time_phases(trainer, at, 0, steps)
         during = watch.new_graphs() if watch else None
+        val = None
+        if validate_too:
+            trainer.val_files = random_shards(Path(tmp), cfg.model.vocab_size, cfg.eval.tokens + 1, seed=1,
+                                              name="random_val_000000.bin")
+            reset_peak_memory(info.device)
+            t0 = time.perf_counter()
+            loss = trainer.validate(cfg.schedule.steps)  # the final validation: all of eval.tokens
+            synchronize(info.device)
+            val = {"tokens": cfg.eval.tokens, "seconds": time.perf_counter() - t0, "loss": loss,
+                   "peak_memory_mib": peak_memory_mib(info.device)}
     result = {"config": config, "overrides": overrides, **whole, "warmup_steps": warmup, "breakdown": parts,
-              "graphs_compiled_in_warmup": seen, "graphs_compiled_while_timed": during}
+              "compile_time_s": compile_s, "graphs_compiled_in_warmup": seen, "graphs_compiled_while_timed": during,
+              "graph_breaks": watch.graph_breaks if watch else None, "orthogonalized": trainer.orthogonalized,
+              "one_rank_group": info.active, "validation": val}
     atomic_write_json(out, result)
+    shutdown()
     return result
 
 
@@ -295,15 +347,28 @@ def real_shards(settings: Settings) -> bool:
     return all(glob.glob(p if os.path.isabs(p) else str(REPO / p)) for p in (d.train_files, d.val_files))
 
 
+def shakespeare_overrides(folder: Path = REPO / SHAKESPEARE_CHAR) -> list[str] | None:
+    """The train stage's data on the character-level Shakespeare shards (real text), or None without them."""
+    vocab = folder / "vocab.json"
+    train, val = sorted(folder.glob("shakespeare_train_*.bin")), sorted(folder.glob("shakespeare_val_*.bin"))
+    if not (vocab.is_file() and train and val):
+        return None
+    v = json.loads(vocab.read_text())
+    return [f"--data.train_files={folder}/shakespeare_train_*.bin", f"--data.val_files={folder}/shakespeare_val_*.bin",
+            f"--model.vocab_size={v['vocab_size']}", f"--model.eot_token={v['separator_id']}",
+            f"--eval.tokens={SHAKESPEARE_EVAL_TOKENS}"]
+
+
 def train_command(settings: Settings, scratch: Path, budget_s: float) -> list[str]:
     n, tokens = settings.train_steps, settings.tokens_per_gpu
-    data = [] if real_shards(settings) else [
-        "--data.synthetic=true", f"--data.synthetic_dir={scratch / 'synthetic'}",
-        f"--data.synthetic_train_tokens={(n + 4) * (tokens + 1)}"]
+    data = settings.train_data if settings.train_data is not None else shakespeare_overrides()
+    if data is None:
+        data = [] if real_shards(settings) else [
+            "--data.synthetic=true", f"--data.synthetic_dir={scratch / 'synthetic'}",
+            f"--data.synthetic_train_tokens={(n + 4) * (tokens + 1)}"]
     return [settings.python, "train_gpt.py", "--config", settings.config, f"--data.batch_tokens={tokens}",
-            f"--schedule.steps={n}", "--log.every=10", "--eval.every=0", f"--eval.tokens={VAL_TOKENS}",
-            f"--log.dir={scratch / 'runs'}", "--log.run_id=train", "--checkpoint.every=0", "--checkpoint.final=false",
-            *data, *settings.overrides]
+            f"--schedule.steps={n}", "--log.every=10", "--eval.every=0", f"--log.dir={scratch / 'runs'}",
+            "--log.run_id=train", "--checkpoint.every=0", "--checkpoint.final=false", *data, *settings.overrides]
 
 
 def train_losses(run_dir: Path) -> list[float]:
@@ -312,15 +377,17 @@ def train_losses(run_dir: Path) -> list[float]:
 
 
 def compile_checks(summary: dict, output: str) -> tuple[dict, list[str]]:
-    """Recompiles and eager fallbacks from summary.json (a missing key or a null is "unknown", never 0)
-    and from the output."""
+    """Recompiles, graph breaks and eager fallbacks from summary.json (a missing key or a null is "unknown",
+    never 0) and from the output."""
     figures = {key: summary[key] if isinstance(summary.get(key), int) else "unknown"
-               for key in ("recompiles", "compile_fallbacks")}
+               for key in ("recompiles", "compile_fallbacks", "graph_breaks", "graphs_compiled")}
     figures["fallback_warnings"] = len(FALLBACK_WARNING.findall(output))
     figures["recompiles_logged"] = output.count(RECOMPILE_LOG)
     problems = []
     if isinstance(figures["compile_fallbacks"], int) and figures["compile_fallbacks"] > 0:
         problems.append(f"summary.json: compile_fallbacks = {figures['compile_fallbacks']} (eager fallback)")
+    if isinstance(figures["graph_breaks"], int) and figures["graph_breaks"] > 0:
+        problems.append(f"summary.json: graph_breaks = {figures['graph_breaks']}")
     if figures["fallback_warnings"]:
         problems.append(f"torch warned {figures['fallback_warnings']} times that a recompile limit was hit "
                         "(that code runs eagerly)")
@@ -338,33 +405,30 @@ def train_read(settings: Settings, scratch: Path, output: str) -> dict:
         problems.append(f"the run ended {summary.get('status')}: {summary.get('error')}")
     if not fell:
         problems.append(f"the train loss did not fall by {LOSS_DROP} nats ({first:.4f} -> {last:.4f})")
-    data = "synthetic" if summary.get("synthetic_data") else "shards"
+    data = "synthetic" if summary.get("synthetic_data") else describe_data(summary)
     figures = {"status": summary.get("status"), "steps": summary.get("steps"), "first_train_loss": first,
                "last_train_loss": last, "final_val_loss": summary.get("final_val_loss"),
                "step_avg_ms": summary.get("step_avg_ms"), "peak_memory_mib": summary.get("peak_memory_mib"),
-               "data": data, **compiled}
+               "compile_time_s": summary.get("compile_time_s"), "data": data, **compiled}
     val = summary.get("final_val_loss")
     rows = [row(f"training run, {summary.get('steps')} steps ({data}): train loss",
                 f"{first:.3f} -> {last:.3f}, val {val if val is None else round(val, 4)}", "falls", fell),
-            row("  step_avg", f"{summary.get('step_avg_ms') or math.nan:.2f} ms"),
-            row("  compile fallbacks (summary.json) / warnings", f"{compiled['compile_fallbacks']} / "
-                f"{compiled['fallback_warnings']}", "0 / 0",
-                None if not isinstance(compiled["compile_fallbacks"], int)
-                else compiled["compile_fallbacks"] == 0 and compiled["fallback_warnings"] == 0),
-            row("  recompiles (summary.json) / logged", f"{compiled['recompiles']} / {compiled['recompiles_logged']}")]
-    rows += memory_rows(summary)
+            row("  step_avg, compile (warm-up)", f"{summary.get('step_avg_ms') or math.nan:.2f} ms, "
+                f"{summary.get('compile_time_s') or math.nan:.1f} s"),
+            row("  compile fallbacks / graph breaks (summary.json) / warnings",
+                f"{compiled['compile_fallbacks']} / {compiled['graph_breaks']} / {compiled['fallback_warnings']}",
+                "0 / 0 / 0", None if not isinstance(compiled["compile_fallbacks"], int)
+                else compiled["compile_fallbacks"] == 0 and compiled["fallback_warnings"] == 0
+                and compiled["graph_breaks"] in (0, "unknown")),
+            row("  graphs compiled / recompiles (summary.json) / logged",
+                f"{compiled['graphs_compiled']} / {compiled['recompiles']} / {compiled['recompiles_logged']}")]
     return {"figures": figures, "rows": rows, "problems": problems, "raw": summary}
 
 
-def memory_rows(summary: dict) -> list[dict]:
-    """Whether the final validation of the speedrun's 10,485,760 tokens fit (only when the run did it:
-    completed, and its last eval.tokens override is that number)."""
-    peak = summary.get("peak_memory_mib")
-    tokens = [o.partition("=")[2] for o in summary.get("overrides") or [] if o.startswith("--eval.tokens=")]
-    if peak is None or summary.get("status") != "completed" or tokens[-1:] != [str(VAL_TOKENS)]:
-        return []
-    return [row(f"  peak memory, training + validation of {VAL_TOKENS:,} tokens", f"{peak / 1024:.1f} GiB",
-                f"<= {GPU_80GB_MIB / 1024:.1f} GiB (80 GB GPU)", peak <= GPU_80GB_MIB)]
+def describe_data(summary: dict) -> str:
+    """"shakespeare_char" or "shards" from a run's summary (its data.train_files)."""
+    files = str((summary.get("data") or {}).get("train_files", ""))
+    return "shakespeare_char" if "shakespeare" in files else "shards"
 
 
 # record ----------------------------------------------------------------------------------------
@@ -403,11 +467,14 @@ def ms(run: dict) -> str:
 
 
 STAGES = {
-    "tests": Stage("tests", 120, "pytest -m gpu", tests_command, tests_read),
-    "ns": Stage("ns", 60, "Newton-Schulz: plain torch vs Triton, bf16", ns_command, ns_read),
-    "step": Stage("step", 150, "the config's step at 48x1024 tokens/GPU and its breakdown", step_command, step_read),
-    "train": Stage("train", 150, "a short training run: the loss falls, nothing falls back to eager",
+    "ns": Stage("ns", 45, "Newton-Schulz: plain torch vs Triton, bf16", ns_command, ns_read),
+    "step": Stage("step", 150, "the config's step at 48x1024 tokens/GPU, the whole model compiled, its breakdown, "
+                  "one 10,485,760-token validation", step_command, step_read),
+    "step_group": Stage("step_group", 120, "the same step in a one-rank process group: the code path of 8 GPUs",
+                        step_group_command, step_read),
+    "train": Stage("train", 100, "a short training run: the loss falls, nothing falls back to eager",
                    train_command, train_read, env={"TORCH_LOGS": "recompiles"}),
+    "tests": Stage("tests", 100, "pytest -m gpu", tests_command, tests_read),
     "record": Stage("record", 330, "the record's script and ours side by side", record_command, record_read,
                     skip=record_skip),
 }
@@ -526,8 +593,19 @@ def run_stage(stage: Stage, settings: Settings, scratch: Path, log_path: Path, l
             "returncode": done.returncode, "command": cmd, "log": log_path.name, "output_tail": tail(output)}
 
 
-def run_check(stages: list[Stage], settings: Settings, out_dir: Path, env: dict) -> list[dict]:
-    """Every stage in order; each stage's JSON is written as soon as it ends, check.json after each."""
+def write_archive(folder: Path, archive: Path) -> None:
+    """`folder` as a .tar.gz at `archive`, written beside it and renamed into place (never half written)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    os.replace(partial, archive)
+
+
+def run_check(stages: list[Stage], settings: Settings, out_dir: Path, env: dict,
+              archive: Path | None = None) -> list[dict]:
+    """Every stage in order; each stage's JSON is written as soon as it ends, check.json (and the archive)
+    after each."""
     out_dir.mkdir(parents=True, exist_ok=True)
     check_path = fresh_stem(out_dir, "check").with_suffix(".json")
     t0, results = time.monotonic(), []
@@ -543,6 +621,8 @@ def run_check(stages: list[Stage], settings: Settings, out_dir: Path, env: dict)
             results.append(result)
             atomic_write_json(stem.with_name(stem.name + ".json"), {**result, "environment": env})
             atomic_write_json(check_path, {**plan, "environment": env, "results": results})
+            if archive:
+                write_archive(out_dir, archive)
             print(f"[gpu_check] {stage.name}: {result['status']}" + "".join(f"; {p}" for p in result["problems"]),
                   flush=True)
     return results
@@ -610,6 +690,9 @@ def parse(argv: list[str] | None):
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=10, help="step stage: untimed steps")
     parser.add_argument("--steps", type=int, default=20, help="step stage: timed steps")
+    parser.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--archive", default=None,
+                        help="also write the whole out-dir as this .tar.gz, after every stage")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if not o.startswith("--") or "." not in o.split("=")[0]]
     if bad:
@@ -630,10 +713,10 @@ def print_plan(stages: list[Stage], settings: Settings) -> None:
         reason = stage.skip(settings)
         budget = float(settings.budgets.get(stage.name, stage.budget_s))
         if reason:
-            print(f"{stage.name:7} skipped: {reason}")
+            print(f"{stage.name:10} skipped: {reason}")
             continue
         total += budget
-        print(f"{stage.name:7} {budget:5.0f} s  {stage.about}\n        "
+        print(f"{stage.name:10} {budget:5.0f} s  {stage.about}\n        "
               + " ".join(stage.command(settings, scratch, budget)))
     limit = f" (clipped to --time-limit-s {settings.time_limit_s:.0f})" if settings.time_limit_s else ""
     print(f"budgets add up to {total:.0f} s{limit}")
@@ -642,7 +725,7 @@ def print_plan(stages: list[Stage], settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser, args, overrides = parse(argv)
     if args.worker:
-        step_worker(args.worker_out, args.config, overrides, args.warmup, args.steps)
+        step_worker(args.worker_out, args.config, overrides, args.warmup, args.steps, not args.no_validate)
         return 0
     try:
         stages = select_stages(args.stages)
@@ -663,9 +746,14 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir(env["device"])
     print(f"GPU check on {env['device']} (torch {env['torch']}, triton {env['triton']}) -> {out_dir}", flush=True)
-    results = run_check(stages, settings, out_dir, env)
-    print(table(results))
-    print(f"wrote {out_dir}")
+    archive = Path(args.archive).resolve() if args.archive else None
+    results = run_check(stages, settings, out_dir, env, archive)
+    text = table(results)
+    print(text)
+    (fresh_stem(out_dir, "table", (".txt",)).with_suffix(".txt")).write_text(text + "\n")
+    if archive:
+        write_archive(out_dir, archive)
+    print(f"wrote {out_dir}" + (f" and {archive}" if archive else ""))
     return 0 if all(r["status"] in ("ok", "skipped") for r in results) else EXIT_FAILED
 
 

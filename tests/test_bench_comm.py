@@ -18,19 +18,22 @@ def test_bench_comm_measures_every_variant_and_writes_json(tmp_path):
     assert saved == json.loads(json.dumps(result))
     runs = saved["results"]
     assert saved["timer"].startswith("host")  # CPU: gloo waits block the host, so host clocks are honest
-    assert [r.get("error") for r in runs] == [None] * 5
-    assert [(r["world_size"], r["overlap"], r["shard_optimizer"]) for r in runs] == [
-        (1, True, True), (2, True, True), (2, True, False), (2, False, True), (2, False, False)]
+    assert [r.get("error") for r in runs] == [None] * 6
+    assert [(r["world_size"], r["one_rank_group"], r["overlap"], r["shard_optimizer"]) for r in runs] == [
+        (1, False, True, True), (1, True, True, True), (2, False, True, True), (2, False, True, False),
+        (2, False, False, True), (2, False, False, False)]
     for r in runs:
         assert r["step_ms"] > 0 and abs(r["step_ms"] - r["forward_backward_ms"] - r["optimizer_ms"]) < 1e-6
         assert 0 < r["optimizer_fraction"] < 1
         assert r["timer"] == "host" and r["comm_wait_ms"] >= 0 and r["gather_wait_ms"] >= 0
-        if r["world_size"] == 1:  # nothing to reduce or gather
+        if r["world_size"] == 1 and not r["one_rank_group"]:  # nothing to reduce or gather
             assert r["comm_wait_ms"] == 0 and r["gather_wait_ms"] == 0
-        # with sharding each rank orthogonalizes its share; unsharded runs use the replicated path
-        sharded = r["world_size"] > 1 and r["shard_optimizer"]
+        # with sharding each rank orthogonalizes its share (a one-rank group: all of it); unsharded runs and the
+        # plain process use the replicated path
+        sharded = (r["world_size"] > 1 or r["one_rank_group"]) and r["shard_optimizer"]
         assert (r["orthogonalized_by_rank0"] > 0) == sharded
-    assert saved["summary"] and saved["summary"][0]["world_size"] == 2
+    assert saved["summary"][0]["world_size"] == 2 and saved["summary"][1]["world_size"] == 1
+    assert "one_rank_group_overhead_ms" in saved["summary"][1]
 
 
 class _SlowWork:

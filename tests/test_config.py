@@ -128,6 +128,8 @@ def test_override_syntax_errors():
         (["--log.every=0"], 1, r"log.every must be positive"),
         (["--optim.muon.momentum=1.0"], 1, r"optim.muon.momentum"),
         (["--model.head_dim=63"], 1, r"head_dim .* even"),
+        (["--model.loss_chunk=8200"], 1, r"model.fp8_head: .* multiple of 16, got 8200"),
+        (["--model.attn_scale=-0.12"], 1, r"model.attn_scale must be > 0"),
     ],
 )
 def test_impossible_combinations_fail_before_compute(overrides, world, pattern):

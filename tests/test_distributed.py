@@ -71,6 +71,57 @@ def test_several_processes_end_with_the_weights_of_one(tmp_path, nproc, optim, f
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-9)
 
 
+@pytest.mark.parametrize("optim, flags", [
+    ("muon", ()), ("scion", ()), ("adamw", ()),
+    pytest.param("muon", ("--constraint.method=spectral_normalize", "--data.micro_batch_size=1"),
+                 id="muon-constrained-accum"),
+])
+def test_a_one_rank_group_runs_the_distributed_paths_and_ends_where_one_process_ends(tmp_path, optim, flags):
+    """distributed.one_rank_group: one plain process with a group of one takes every distributed path
+    (gradient hooks and flat buckets, reduce-scatter, sharded step with its all-gather, the constraint's
+    gather) and ends with bitwise the weights and losses of the plain run without a group."""
+    args = ["--config", SMOKE, *TINY, f"--log.dir={tmp_path}", f"--optim.name={optim}", "--checkpoint.every=0",
+            "--eval.every=3", "--data.micro_batch_size=2", *flags]
+    assert train_gpt.main([*args, "--log.run_id=plain"]) == 0
+    assert train_gpt.main([*args, "--log.run_id=group", "--distributed.one_rank_group=true"]) == 0
+    assert_same_weights(final_weights(tmp_path / "group"), final_weights(tmp_path / "plain"), 0.0)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train_time_ms"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "group")) == strip(read_metrics(tmp_path / "plain"))
+    assert "world size 1" in (tmp_path / "group" / "log.txt").read_text()
+
+
+def test_the_one_rank_group_really_takes_the_distributed_paths(tmp_path, monkeypatch):
+    """The same switch, watched: the trainer has a gradient sync, its chunks go through sharded_step with
+    one batched orthogonalization per shape, and the process group exists while the run lasts."""
+    import torch.distributed as dist
+
+    from optimizers import sharded
+
+    seen = {"batches": [], "group": []}
+    original_step, original_updates = sharded.sharded_step, None
+
+    def watch_step(optimizer, sync, rank, world_size):
+        nonlocal original_updates
+        seen["group"].append((dist.is_initialized() and dist.get_world_size(), len(sync.chunks)))
+        if original_updates is None:
+            original_updates = type(optimizer).updates
+
+            def updates(self, group, params, grads):
+                seen["batches"].append(len(params))
+                return original_updates(self, group, params, grads)
+
+            monkeypatch.setattr(type(optimizer), "updates", updates)
+        return original_step(optimizer, sync, rank, world_size)
+
+    monkeypatch.setattr("training.trainer.sharded_step", watch_step)
+    assert train_gpt.main(["--config", SMOKE, *TINY, f"--log.dir={tmp_path}", "--schedule.steps=2",
+                           "--eval.every=0", "--distributed.one_rank_group=true"]) == 0
+    assert not dist.is_initialized()  # shut down at the end
+    chunks = seen["group"][0][1]
+    assert seen["group"] == [(1, chunks)] * 2 and chunks > 0  # one chunk per matrix with a world of one
+    assert len(seen["batches"]) < 2 * chunks and sum(seen["batches"]) == 2 * chunks  # batched by shape
+
+
 def test_kill_a_rank_and_restart_loses_nothing(tmp_path):
     """torchrun --max-restarts=1: rank 1 is SIGKILLed after step 7; every rank restarts from the
     step-4 checkpoint and the run ends with exactly the weights and losses of an uninterrupted run."""
@@ -158,7 +209,8 @@ def _worker(rank, world, port, result_path):
     shapes = [tuple(p.shape) for p in hidden]
     share = sum(-(-shapes.count(s) // world) for s in set(shapes))  # ceil(n / world) per shape
     Path(result_path).write_text(json.dumps({"events": events, "done": done, "calls": calls, "hidden": len(hidden),
-                                             "share": share, "params": len(order)}))
+                                             "share": share, "params": len(order),
+                                             "shapes": len(set(shapes))}))
     dist.destroy_process_group()
 
 
@@ -186,8 +238,8 @@ def test_reductions_overlap_backward_and_each_rank_orthogonalizes_its_share(tmp_
         assert first_launch < last_grad
         assert kinds.count("grad") == r["params"]
         assert "reduce_scatter" in [e[1] for e in r["events"] if e[0] == "launch"]
-        # one orthogonalize call per owned matrix, each of one matrix (batch dimension 1)
-        assert r["calls"] == [1] * r["done"]
+        # one orthogonalize call per shape, batching every matrix of that shape this rank owns
+        assert sum(r["calls"]) == r["done"] and len(r["calls"]) <= r["shapes"]
     hidden = res[0]["hidden"]
     assert sum(r["done"] for r in res) == hidden  # every matrix exactly once over all ranks
     assert all(r["done"] <= r["share"] for r in res)  # no rank does more than ceil(n / world) per shape

@@ -12,6 +12,7 @@ import torch
 
 import train_gpt
 from data.shard import write_shard
+from model import GPT
 from tests.test_train import REPO, SMOKE, TINY, run
 from training.atomic import TMP_SUFFIX
 from training.config import ConfigError, load_config, validate
@@ -277,4 +278,44 @@ def test_the_compile_watch_counts_graphs_and_sees_an_eager_fallback():
         f(torch.ones(n))
     watch.stop()
     assert watch.graphs == limit and watch.fallbacks and "recompile_limit" in watch.fallbacks[0]
+    torch._dynamo.reset()
+
+
+def test_the_warm_up_runs_the_validation_call_that_validation_makes(tmp_path, monkeypatch):
+    """The warm-up's validation batch goes through the model exactly as validation calls it (eval mode, no
+    gradients, the same shapes, accuracy=True: another head path), so the first validation compiles
+    nothing new on CUDA."""
+    calls = []
+    original = torch.nn.Module.__call__
+
+    def record(module, *args, **kwargs):
+        if isinstance(module, GPT) and not module.training:
+            inputs, targets, window = args[:3]
+            calls.append((tuple(inputs.shape), tuple(targets.shape), torch.is_grad_enabled(),
+                          bool(args[3] if len(args) > 3 else kwargs.get("accuracy", False))))
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", record)
+    assert run(tmp_path, "--model.compile_warmup_steps=1", "--schedule.steps=2", "--eval.every=0",
+               "--checkpoint.every=0")[0] == 0
+    warm_up, validations = calls[0], set(calls[1:])
+    assert validations == {warm_up}, (warm_up, validations)
+
+
+def test_the_compile_watch_counts_graph_breaks():
+    import torch._dynamo
+
+    from training import compilation
+
+    torch._dynamo.reset()
+    watch = compilation.CompileWatch().start()
+
+    def f(x):
+        x = x + 1
+        torch._dynamo.graph_break()
+        return x * 2
+
+    torch.compile(f, backend="eager")(torch.ones(3))
+    watch.stop()
+    assert watch.graph_breaks >= 1
     torch._dynamo.reset()

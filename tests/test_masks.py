@@ -112,3 +112,53 @@ def test_block_granular_window_touches_no_more_blocks_than_the_record():
         by_token = flex_block_mask(docs, window)
         touched = lambda bm: (bm.kv_num_blocks + bm.full_kv_num_blocks).max().item()  # noqa: E731
         assert touched(by_block) == blocks and touched(by_token) == blocks + 1
+
+
+@pytest.mark.parametrize("window", [1, 64, 127])
+def test_block_granular_window_below_one_block_keeps_the_diagonal_block(window):
+    """The window warm-up starts at 128 tokens, so the 'S' blocks get 64: under model.window_blocks that
+    is still the query's own block (as the record's mask keeps it), never an empty row, which
+    FlexAttention would turn into a zero output without a warning."""
+    T = 4 * BLOCK
+    tokens = random_tokens(2, T, eot=777, p=0.01, seed=window)
+    docs = document_ids(tokens, 777)
+    dense = dense_mask(docs, window, window_blocks=True)[:, 0]
+    pos = torch.arange(T)
+    same_block = pos[:, None] // BLOCK == pos[None, :] // BLOCK
+    assert torch.equal(dense, reference_mask(tokens, 777, 0) & same_block)
+    assert dense.any(dim=-1).all()  # every query sees at least itself
+    bm = flex_block_mask(docs, torch.tensor(window), window_blocks=True)
+    assert torch.equal(effective_block_mask(bm, T), dense)
+
+
+def test_compiled_block_lists_equal_the_eager_ones():
+    """On CUDA the block index tensors come from one compiled function (host overhead): the same tensors as
+    the eager code, here compiled with inductor on CPU, for windows that grow as the warm-up grows them
+    (a tensor: no recompile) and documents of any length."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    T = 8 * BLOCK
+    for window_blocks in (True, False):
+        for i, window in enumerate((128, 256, 640, 0)):
+            docs = document_ids(random_tokens(2, T, eot=777, p=0.004 * (i + 1), seed=i), 777)
+            compiled = flex_block_mask(docs, torch.tensor(window), window_blocks, compiled=True)
+            for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+                assert torch.equal(getattr(compiled, name), getattr(flex_block_mask(docs, window, window_blocks), name))
+    assert counters["stats"]["unique_graphs"] - before == 2  # one graph per window_blocks value, none per window
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_compiled_block_lists_equal_the_eager_ones():
+    T = 16 * BLOCK
+    for window_blocks in (True, False):
+        for window in (128, 896, 1792):
+            docs = document_ids(random_tokens(1, T, eot=777, p=0.002, seed=window), 777).cuda()
+            on_gpu = flex_block_mask(docs, torch.tensor(window, device="cuda"), window_blocks)
+            eager = flex_block_mask(docs.cpu(), window, window_blocks, compiled=False)
+            for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+                assert torch.equal(getattr(on_gpu, name).cpu(), getattr(eager, name))

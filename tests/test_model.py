@@ -206,3 +206,15 @@ def test_cuda_flex_bf16_agrees_with_fp32_fallback():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(x, window=384)
     torch.testing.assert_close(out, ref, rtol=0.05, atol=0.1)
+
+
+def test_flops_count_the_diagonal_block_of_a_short_window():
+    """'S' blocks at the warm-up's first window (128 // 2 = 64 tokens) attend within their own block under
+    model.window_blocks: their keys are counted as such, never as a negative number."""
+    cfg = dataclasses.replace(CFG, window=256, window_pattern="S" * CFG.depth, window_blocks=True)
+    T = 4 * 128
+    per_key = 12 * cfg.heads * cfg.head_dim * (cfg.depth - len(cfg.no_attention_layers))
+    full = (torch.arange(T) + 1).double().mean().item()  # keys per query, full causal attention
+    diagonal = (torch.arange(T) % 128 + 1).double().mean().item()  # keys of a query inside its own block
+    matmuls = flops_per_token(cfg, T, 0) - per_key * full
+    assert flops_per_token(cfg, T, 128) == pytest.approx(matmuls + per_key * diagonal)

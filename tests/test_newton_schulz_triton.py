@@ -285,11 +285,14 @@ def test_bench_quick_writes_json(interpreter, tmp_path):
 # GPU (compiled kernels, bfloat16)
 # ----------------------------------------------------------------------------------------------------------------------
 
-GPU_SHAPES = [(768, 3072), (3, 256, 320), (100, 37), (48, 768, 768), (1, 1000, 1000)]
+# Cut to what runs in training and what catches masking bugs (each case autotunes its kernels: seconds on a
+# cold cache): bf16, the dtype Muon uses, at the 124M model's wide shape, a batch of odd sizes and a shape
+# below one tile; fp16 and fp32 at the wide shape only.
+GPU_CASES = [((768, 3072), torch.bfloat16), ((3, 256, 320), torch.bfloat16), ((100, 37), torch.bfloat16),
+             ((768, 3072), torch.float16), ((768, 3072), torch.float32)]
 
 
-@pytest.mark.parametrize("shape", GPU_SHAPES)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape, dtype", GPU_CASES)
 @pytest.mark.usefixtures("compiled_triton")
 @pytest.mark.gpu
 @needs_gpu
@@ -308,7 +311,7 @@ def test_gpu_kernels_close_to_fp32_and_mirrored(shape, dtype):
     torch.testing.assert_close(B.float(), B_ref, rtol=0, atol=1e-2 * B_ref.abs().max().item())
 
 
-@pytest.mark.parametrize("shape", [(768, 3072), (4, 512, 512), (3072, 768)])
+@pytest.mark.parametrize("shape", [(768, 3072), (3072, 768)])
 @pytest.mark.usefixtures("compiled_triton")
 @pytest.mark.gpu
 @needs_gpu

@@ -110,17 +110,41 @@ def test_muon_auxiliary_adamw_equals_torch_adamw():
 
 def test_foreach_adamw_is_the_per_tensor_step_bitwise():
     """Muon's AdamW groups step with foreach kernels (issue 13): same numbers as the reference loop."""
+    from optimizers import auxiliary
+
     torch.manual_seed(0)
     ps = [torch.randn(s, dtype=torch.float32) for s in [(5, 3), (7,), (4, 4)]]
     ref = [p.clone() for p in ps]
     states, ref_states = [{} for _ in ps], [{} for _ in ps]
     for _ in range(4):
         gs = [torch.randn_like(p) for p in ps]
-        muon_module.adamw_foreach(ps, gs, states, 0.01, (0.8, 0.95), 1e-10, 0.1)
+        auxiliary.adamw_foreach(ps, gs, states, 0.01, (0.8, 0.95), 1e-10, 0.1)
         for p, g, st in zip(ref, gs, ref_states):
-            muon_module.adamw_step(p, g, st, 0.01, (0.8, 0.95), 1e-10, 0.1)
+            auxiliary.adamw_step(p, g, st, 0.01, (0.8, 0.95), 1e-10, 0.1)
     assert all(torch.equal(a, b) for a, b in zip(ps, ref))
     assert [st["step"] for st in states] == [4, 4, 4]
+
+
+def test_fused_adamw_is_the_per_tensor_step_up_to_rounding():
+    """The fused kernel (CUDA's auxiliary AdamW; torch has it on CPU too): the reference's numbers to float32
+    rounding, the same state layout (an int step), tensors that took different numbers of steps each with
+    their own bias correction."""
+    from optimizers import auxiliary
+
+    torch.manual_seed(0)
+    ps = [torch.randn(s, dtype=torch.float32) for s in [(5, 3), (7,), (4, 4)]]
+    ref = [p.clone() for p in ps]
+    states, ref_states = [{} for _ in ps], [{} for _ in ps]
+    for i in range(4):
+        gs = [torch.randn_like(p) for p in ps]
+        live = [0, 1, 2] if i else [0, 2]  # tensor 1 misses the first step
+        auxiliary.adamw_fused([ps[j] for j in live], [gs[j] for j in live], [states[j] for j in live], 0.01,
+                              (0.8, 0.95), 1e-10, 0.1)
+        for j in live:
+            auxiliary.adamw_step(ref[j], gs[j], ref_states[j], 0.01, (0.8, 0.95), 1e-10, 0.1)
+    for a, b in zip(ps, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert [st["step"] for st in states] == [4, 3, 4] and all(isinstance(st["step"], int) for st in states)
 
 
 def test_muon_rejects_vectors_in_muon_groups():
@@ -349,3 +373,27 @@ def test_build_from_roles():
             assert isinstance(opt, torch.optim.AdamW)
         if name == "signum":
             assert isinstance(opt, Signum)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_auxiliary_adamw_takes_the_fused_kernel_and_matches_the_reference(monkeypatch):
+    from optimizers import auxiliary
+
+    used = []
+    fused = auxiliary.adamw_fused
+    monkeypatch.setattr(auxiliary, "adamw_fused", lambda *a, **k: used.append(1) or fused(*a, **k))
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in [(50304, 64), (7,), (64, 64)]]
+    ref = [p.detach().clone() for p in ps]
+    group = dict(params=ps, algorithm="adamw", lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
+    state, ref_states = {p: {} for p in ps}, [{} for _ in ps]
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        auxiliary.auxiliary_step(group, state)
+        for r, p, st in zip(ref, ps, ref_states):
+            auxiliary.adamw_step(r, p.grad, st, 0.01, (0.8, 0.95), 1e-10, 0.1)
+    assert used == [1, 1, 1]
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p.detach(), r, rtol=1e-5, atol=1e-6)

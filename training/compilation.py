@@ -57,6 +57,7 @@ class CompileWatch:
         self._handler = _FallbackCatcher(self.fallbacks)
         self._start = 0
         self._seen = 0
+        self._breaks_at_start = 0
 
     @staticmethod
     def _graphs() -> int:
@@ -64,10 +65,23 @@ class CompileWatch:
 
         return int(counters["stats"]["unique_graphs"])
 
+    @staticmethod
+    def _breaks() -> int:
+        from torch._dynamo.utils import counters
+
+        return int(sum(counters["graph_break"].values()))
+
     def start(self) -> CompileWatch:
         logging.getLogger(self.LOGGER).addHandler(self._handler)
         self._start = self._seen = self._graphs()
+        self._breaks_at_start = self._breaks()
         return self
+
+    @property
+    def graph_breaks(self) -> int:
+        """Graph breaks dynamo met since start (a compiled piece of code split in several graphs with eager
+        Python between them)."""
+        return self._breaks() - self._breaks_at_start
 
     def stop(self) -> None:
         logging.getLogger(self.LOGGER).removeHandler(self._handler)

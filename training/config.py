@@ -48,7 +48,8 @@ class ModelConfig:
     window_pattern: str = ""  # per block 'L' (window) or 'S' (window // 2); empty = all 'L'
     window_blocks: bool = False  # the window counts whole 128-token key blocks, as the records do (model/masks.py)
     attention: str = "auto"  # "auto" (flex on CUDA, sdpa elsewhere) | "flex" | "sdpa"
-    compile: bool = True  # torch.compile the model (CUDA only)
+    compile: bool = True  # torch.compile the model (on CUDA; on CPU only with compile_cpu)
+    compile_cpu: bool = False  # compile on CPU too (inductor): the CPU proxy for compile problems (tests/test_compile.py)
     compile_warmup_steps: int = -1  # steps run and undone before the clock starts (compile, autotune); -1: 3 if compiling
     bf16: bool = True  # bf16 autocast (CUDA only); fp32 on CPU
     dtype: str = "float32"  # parameter dtype; "float64" is for numerical checks on CPU
@@ -161,6 +162,7 @@ class DistributedConfig:
     shard_optimizer: bool = True  # each rank orthogonalizes only the matrices it owns (Muon, Scion)
     bucket_mb: float = 25.0  # size of the all-reduce buckets of the other parameters
     timeout_s: float = 600.0  # a collective that waits longer fails with an error instead of hanging
+    one_rank_group: bool = False  # one process: make a group of one and run every distributed path (the GPU check)
 
 
 @dataclass(frozen=True)
@@ -599,6 +601,11 @@ def _validate_model(m: ModelConfig) -> None:
            f"model.softcap_kind = {m.softcap_kind!r} needs model.logit_softcap > 0 (0 turns the cap off)")
     _choice("model.hidden_init", m.hidden_init, HIDDEN_INITS)
     _check(m.loss_chunk > 0, f"model.loss_chunk must be positive (tokens per chunk of the loss), got {m.loss_chunk}")
+    _check(not m.fp8_head or m.loss_chunk % 16 == 0,
+           f"model.fp8_head: the FP8 matmul (torch._scaled_mm) needs model.loss_chunk to be a multiple of 16, "
+           f"got {m.loss_chunk}")
+    _check(m.attn_scale >= 0, f"model.attn_scale must be > 0 (or 0: model.attn_scale_rule of head_dim), got "
+                              f"{m.attn_scale} (a negative scale flips the attention pattern)")
     _check(not (m.embed_bf16 and m.dtype == "float64"),
            "model.embed_bf16 stores the embedding in bfloat16, which defeats model.dtype = 'float64' (numerical "
            "checks): turn one of them off")
@@ -649,6 +656,9 @@ def _validate_batches(cfg: Config, world_size: int) -> None:
             f"model.attention = 'flex' needs model.seq_len ({m.seq_len}) and the eval sequence length "
             f"({cfg.eval_seq_len}) to be multiples of the 128-token block size",
         )
+    _check(not m.fp8_head or (d.micro_batch_size * m.seq_len) % 16 == 0,
+           f"model.fp8_head: the FP8 matmul needs the tokens of a micro-batch (data.micro_batch_size x model.seq_len "
+           f"= {d.micro_batch_size * m.seq_len}) to be a multiple of 16")
 
 
 def _validate_schedule(s: ScheduleConfig) -> None:

@@ -170,7 +170,7 @@ class Constrainer:
             for shape, ws in _by_shape(mine).items():
                 apply_constraint(plan.method, ws, plan.max_norm, plan.state, max_update=self._max_update(plan, shape),
                                  settings=self.settings)
-            if self.info.world_size > 1:
+            if self.info.active:
                 _gather_weights(plan.chunks, self.info.rank, self.info.world_size)
 
     def _max_update(self, plan: RolePlan, shape: tuple[int, int]) -> float | None:
@@ -198,7 +198,7 @@ class Constrainer:
     def state_dict(self) -> dict:
         """Every role's power vectors and radii by position, in the single-process layout (a collective
         with several processes: each matrix's entries come from its owner)."""
-        if self.info.world_size > 1:
+        if self.info.active:
             for plan in self.plans:
                 _collect_state(plan, self.info.rank)
         return {plan.role: plan.state.state_dict(plan.params) for plan in self.plans}

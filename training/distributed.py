@@ -3,6 +3,11 @@
 `python train_gpt.py` runs one process with no process group; under torchrun (RANK, WORLD_SIZE,
 LOCAL_RANK set; one node or several, `--nnodes`/`--rdzv-endpoint`) every process joins one group:
 NCCL when the device is CUDA, gloo on CPU. Collectives fail after `timeout_s` instead of hanging.
+
+`distributed.one_rank_group = true` makes a group of one process (the same backends): every
+distributed path then runs with a world of one (gradient hooks and buckets, reduce-scatter, sharded
+orthogonalization and its all-gather, per-block compilation), so that one GPU runs the code that 8
+GPUs run, and its results equal the plain single-process run's (tests/test_distributed.py).
 Gradient reductions live beside the optimizers (optimizers/grad_sync.py).
 """
 
@@ -25,6 +30,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    grouped: bool | None = None  # a process group exists; None: when world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -32,7 +38,8 @@ class DistInfo:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1
+        """Whether the distributed paths run: several processes, or a one-rank group."""
+        return self.world_size > 1 if self.grouped is None else self.grouped
 
 
 def env_world_size() -> int:
@@ -47,18 +54,26 @@ def resolve_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device_preference: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+def init_distributed(device_preference: str = "auto", timeout_s: float = 600.0,
+                     one_rank_group: bool = False) -> DistInfo:
+    """Join the process group of torchrun's processes (or, with one_rank_group and a world of one, make a
+    group of this process alone); no group for one process otherwise."""
     rank = int(os.environ.get("RANK", "0"))
     world_size = env_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    grouped = world_size > 1 or one_rank_group
+    if grouped and not dist.is_initialized():
         timeout = datetime.timedelta(seconds=timeout_s)
         kwargs = dict(backend="nccl", device_id=device) if device.type == "cuda" else dict(backend="gloo")
-        dist.init_process_group(**kwargs, timeout=timeout, **_attempt_store(rank, world_size, timeout))
-    return DistInfo(rank, world_size, local_rank, device)
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:  # plain python: an in-process store, no ports
+            store = dict(store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            store = _attempt_store(rank, world_size, timeout)
+        dist.init_process_group(**kwargs, timeout=timeout, **store)
+    return DistInfo(rank, world_size, local_rank, device, grouped)
 
 
 def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dict:

@@ -76,6 +76,8 @@ class Trainer:
         self.compile_note = ""
         self.compile_time_s = 0.0
         self.recompiles = 0  # graphs compiled after the warm-up
+        self.graphs_compiled = 0  # graphs compiled by the warm-up
+        self.graphs_declared = 0  # the graphs the run needs per piece of compiled code (compilation.graphs_needed)
         self._fallbacks_logged = 0
 
     # ------------------------------------------------------------------------------------------
@@ -182,14 +184,17 @@ class Trainer:
 
     @property
     def compiling(self) -> bool:
-        return self.info.device.type == "cuda" and self.cfg.model.compile
+        m = self.cfg.model
+        return m.compile and (self.info.device.type == "cuda" or m.compile_cpu)
 
     def _compiled_forward(self) -> torch.nn.Module:
-        """The model, compiled on CUDA (training/compilation.py: the graphs it needs fit the limit)."""
+        """The model, compiled on CUDA or with model.compile_cpu (training/compilation.py: the graphs it needs
+        fit the limit)."""
         if not self.compiling:
             return self.model
         per_block = self.sync is not None and self.cfg.distributed.overlap
-        limit = compilation.configure(compilation.graphs_needed(self.cfg, per_block))
+        self.graphs_declared = compilation.graphs_needed(self.cfg, per_block)
+        limit = compilation.configure(self.graphs_declared)
         self.watch = compilation.CompileWatch().start()
         self.compile_note = f"compile: {'each block' if per_block else 'the model'}, recompile limit {limit}"
         if per_block:
@@ -219,7 +224,7 @@ class Trainer:
         with torch.no_grad(), autocast(self.cfg, self.info.device):
             inputs, targets = next(iter(self._val_batches(self.step_count)))
             self.forward.eval()
-            self.forward(inputs, targets, self.window(self.step_count))
+            self.forward(inputs, targets, self.window(self.step_count), accuracy=True)  # validation's own graph
             self.forward.train()
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -229,7 +234,9 @@ class Trainer:
         self._restore_grads(grads)
         synchronize(self.info.device)
         self.compile_time_s = time.perf_counter() - t0
-        graphs = f", {self.watch.new_graphs()} graph(s) compiled" if self.watch else ""
+        if self.watch:
+            self.graphs_compiled = self.watch.new_graphs()
+        graphs = f", {self.graphs_compiled} graph(s) compiled" if self.watch else ""
         self.log(f"warm-up: {steps} step(s) and a validation batch in {self.compile_time_s:.1f}s{graphs}, "
                  f"then the initial state restored (not counted in train_time)")
 
@@ -245,8 +252,10 @@ class Trainer:
         self.log(self.constrain.describe())
         if self.compile_note:
             self.log(self.compile_note)
-        if info.device.type != "cuda" and (m.compile or m.bf16):
-            self.log("note: model.compile and model.bf16 apply on CUDA only; this CPU run uses fp32 eager mode")
+        if info.device.type != "cuda" and ((m.compile and not m.compile_cpu) or m.bf16):
+            mode = "compiled (model.compile_cpu)" if self.compiling else "eager"
+            self.log(f"note: model.bf16 applies on CUDA only, model.compile on CPU only with model.compile_cpu; "
+                     f"this CPU run is fp32, {mode}")
 
     def log(self, message: str) -> None:
         if self.out is not None:
@@ -557,6 +566,9 @@ class Trainer:
             "tokens_per_s": self.meter.tokens_per_s,
             "mfu": self.meter.mfu,
             "compile_time_s": round(self.compile_time_s, 3),
+            "graphs_compiled": self.graphs_compiled if self.watch else None,
+            "graphs_declared": self.graphs_declared if self.watch else None,
+            "graph_breaks": self.watch.graph_breaks if self.watch else None,
             "recompiles": self.recompiles if self.watch else None,
             "compile_fallbacks": len(self.watch.fallbacks) if self.watch else None,
             "peak_memory_mib": peak_memory_mib(info.device),
