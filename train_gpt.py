@@ -21,12 +21,10 @@ from pathlib import Path
 
 import torch
 
-from data.loader import DataError, DataNotFoundError
-from data.shard import ShardError
+from common.errors import CheckpointError, ConfigError, DataError, DataNotFoundError, ShardError
+from common.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from training import distributed
-from training.checkpoint import CheckpointError
-from training.config import ConfigError, load_config, to_toml, validate
-from training.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from training.config import load_config, to_toml, validate
 from training.trainer import train
 
 REPO = Path(__file__).resolve().parent

@@ -2,25 +2,22 @@
 
 Usage (from the repository root)::
 
-    python data/cached_fineweb10B.py 8            # val shard + 8 train shards (800M tokens)
-    python data/cached_fineweb10B.py 103 --dir /fast/disk/fineweb10B
+    python -m data.cached_fineweb10B 8            # val shard + 8 train shards (800M tokens)
+    python -m data.cached_fineweb10B 103 --dir /fast/disk/fineweb10B
 
 Files already present and valid are skipped; invalid ones are downloaded again.
 """
 
 import argparse
 import os
-import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # allow `python data/cached_fineweb10B.py` from anywhere
-    sys.path.insert(0, REPO_ROOT)
-
-from data.shard import ShardError, read_header  # noqa: E402
+from common.errors import ShardError
+from common.paths import REPO
+from data.shard import read_header
 
 REPO_ID = "kjj0/fineweb10B-gpt2"
 MAX_TRAIN_SHARDS = 103
-DEFAULT_DIR = os.path.join(REPO_ROOT, "data", "fineweb10B")
+DEFAULT_DIR = os.path.join(str(REPO), "data", "fineweb10B")
 
 
 def shard_names(num_train):

@@ -13,7 +13,7 @@ file instead of fetching the GPT-2 vocabulary (for machines without internet).
 
 Example::
 
-    python data/fineweb.py --text-files corpus.txt --out data/cache/mytext --shard-size 1000000
+    python -m data.fineweb --text-files corpus.txt --out data/cache/mytext --shard-size 1000000
 """
 
 import argparse
@@ -22,21 +22,17 @@ import hashlib
 import json
 import os
 import re
-import sys
 from multiprocessing import Pool
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # allow `python data/fineweb.py` from anywhere
-    sys.path.insert(0, REPO_ROOT)
-
-from data.shard import MAX_TOKEN, write_shard  # noqa: E402
+from common.paths import REPO
+from data.shard import MAX_TOKEN, write_shard
 
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT_TEXT = "<|endoftext|>"
 EOT_ID = 50256
-DEFAULT_OUT = os.path.join(REPO_ROOT, "data", "fineweb10B")
+DEFAULT_OUT = os.path.join(str(REPO), "data", "fineweb10B")
 
 # ----- tokenizer -----------------------------------------------------------------
 

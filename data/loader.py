@@ -16,18 +16,11 @@ import os
 import numpy as np
 import torch
 
-from data.shard import ShardError, load_shard, read_header
+from common.errors import DataNotFoundError, ShardError
+from data.shard import load_shard, read_header
 
-DOWNLOAD_COMMAND = "python data/cached_fineweb10B.py 8"
+DOWNLOAD_COMMAND = "python -m data.cached_fineweb10B 8"
 STATE_VERSION = 1
-
-
-class DataNotFoundError(FileNotFoundError):
-    """No data files were found; the message says how to get them."""
-
-
-class DataError(ValueError):
-    """The data cannot serve the run as configured; the message names the files and the numbers."""
 
 
 def find_shards(pattern):

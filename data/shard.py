@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from training.atomic import atomic_write
+from common.atomic import atomic_write
+from common.errors import ShardError
 
 MAGIC = 20240520
 VERSION = 1
@@ -27,14 +28,10 @@ TOKEN_DTYPE = np.dtype("<u2")
 MAX_TOKEN = int(np.iinfo(np.uint16).max)
 
 
-class ShardError(ValueError):
-    """A shard file is malformed; the message names the file and the problem."""
-
-
 def write_shard(path, tokens):
     """Write ``tokens`` (1-D integers in [0, 65535]) as a shard at ``path``.
 
-    The file is written atomically (training/atomic.py), so readers never see a
+    The file is written atomically (common/atomic.py), so readers never see a
     half-written shard. Parent directories are created as needed.
     """
     tokens = _as_token_array(tokens)

@@ -15,11 +15,13 @@ loader runs on it.
 import glob
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
-from data.shard import ShardError, read_header, write_shard
-from training.atomic import atomic_write_json
+from common.atomic import atomic_write_json
+from common.errors import ShardError
+from data.shard import read_header, write_shard
 
 SUCCESSORS = 4
 MEAN_DOC_LEN = 300
@@ -189,3 +191,12 @@ def make_synthetic_shards(out_dir, *, vocab_size, eot_token, train_tokens, val_t
     _remove_stale_shards(out_dir, planned)
     atomic_write_json(os.path.join(out_dir, MANIFEST), params)
     return patterns
+
+
+def random_shards(folder: Path, vocab_size: int, tokens: int, seed: int = 0,
+                  name: str = "random_train_000001.bin") -> list[str]:
+    """One shard of uniformly random tokens (benchmarks: the content does not change a step's time)."""
+    rng = np.random.default_rng(seed)
+    path = folder / name
+    write_shard(path, rng.integers(0, vocab_size, size=tokens, dtype=np.uint16))
+    return [str(path)]

@@ -31,12 +31,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optimizers.orthogonalize import orthogonalize
 from optimizers.auxiliary import AUXILIARY, auxiliary_step, role_groups
+from optimizers.orthogonalize import orthogonalize
 from optimizers.prodigy import PRODIGY, prodigy_metrics
 from optimizers.sharded import ShardableOptimizer
-from optimizers.spec import (ADAMW, MomentumWarmup, OptimizerSettings, OptimizerSpec, Orthogonalizes, Role,
-                             check_choice, check_positive, check_range)
+from optimizers.spec import (
+    ADAMW,
+    MomentumWarmup,
+    OptimizerSettings,
+    OptimizerSpec,
+    Orthogonalizes,
+    Role,
+    check_choice,
+    check_positive,
+    check_range,
+)
 
 SHAPE_SCALES = ("muon", "spectral", "adamw")
 LR = 0.05  # optim.lr: the hidden matrices' learning rate

@@ -32,7 +32,6 @@ from torch import Tensor
 
 from model.roles import ROLES
 from optimizers.norms import NORMS
-
 from optimizers.sharded import ShardableOptimizer
 from optimizers.spec import MomentumWarmup, OptimizerSettings, OptimizerSpec, OptionError, Orthogonalizes, Role
 

@@ -39,8 +39,16 @@ from optimizers.auxiliary import AUXILIARY, auxiliary_step, role_groups
 from optimizers.muon import Muon, MuonConfig
 from optimizers.prodigy import PRODIGY
 from optimizers.sharded import ShardableOptimizer
-from optimizers.spec import (ADAMW, OptimizerSettings, OptimizerSpec, OptionError, Role, check_choice,
-                             check_positive, check_range)
+from optimizers.spec import (
+    ADAMW,
+    OptimizerSettings,
+    OptimizerSpec,
+    OptionError,
+    Role,
+    check_choice,
+    check_positive,
+    check_range,
+)
 
 LR = 0.0015  # optim.lr: the hidden matrices' learning rate (track-3 result #21)
 GRAFTS = ("adam", "none")

@@ -22,12 +22,12 @@ for Muon, a variant that switches to Scion), and every table is checked for typo
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from common.errors import did_you_mean
 from model.roles import ROLES
 from optimizers.norms import NORMS
 from optimizers.orthogonalize import BACKENDS, METHODS
@@ -123,9 +123,7 @@ class Orthogonalizes:
 
 def check_choice(key: str, value, choices) -> None:
     if value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise OptionError(key, f"{value!r} is not one of {', '.join(map(repr, choices))}{hint}")
+        raise OptionError(key, f"{value!r} is not one of {', '.join(map(repr, choices))}{did_you_mean(value, choices)}")
 
 
 def check_positive(key: str, value: float) -> None:
@@ -156,10 +154,8 @@ def check_roles(roles: dict[str, Role], role_norms: dict[str, tuple[str, ...]], 
                 why = "needs matrices, but role 'scalar' holds vectors and scalars"
             else:
                 why = rule or f"is not a norm this optimizer trains role {name!r} in"
-            close = difflib.get_close_matches(role.norm, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise OptionError(f"{name}.norm", f"{role.norm!r} {why}; choose from {', '.join(map(repr, allowed))}"
-                                              f"{hint}")
+                                              f"{did_you_mean(role.norm, allowed)}")
         if role.lr is not None:
             check_positive(f"{name}.lr", role.lr)
         check_positive(f"{name}.scale", role.scale)

@@ -4,7 +4,8 @@ import time
 import torch
 
 from optimizers import collectives
-from scripts import bench_comm
+from scripts.bench import comm as bench_comm
+from scripts.bench import timing
 from tests.test_train import SMOKE, TINY
 
 
@@ -56,15 +57,15 @@ def test_timed_waits_brackets_each_wait_and_restores_the_collectives(monkeypatch
     monkeypatch.setattr(collectives, "all_reduce_average", lambda buffer, async_op=True: _SlowWork(0.03))
     monkeypatch.setattr(collectives, "all_gather",
                         lambda out, inp, async_op=True: _SlowWork(0.01) if async_op else None)
-    originals = {name: getattr(collectives, name) for name in bench_comm.WAIT_KINDS}
-    clock = bench_comm._Clock(torch.device("cpu"))
-    with bench_comm.timed_waits(clock) as log:
+    originals = {name: getattr(collectives, name) for name in timing.WAIT_KINDS}
+    clock = timing.Clock(torch.device("cpu"))
+    with timing.timed_waits(clock) as log:
         work = collectives.all_reduce_average(None)
         assert not work.is_completed()
         assert work.wait() is True and work.is_completed()
         collectives.all_gather(None, None).wait()
         assert collectives.all_gather(None, None, async_op=False) is None
-    assert {name: getattr(collectives, name) for name in bench_comm.WAIT_KINDS} == originals
+    assert {name: getattr(collectives, name) for name in timing.WAIT_KINDS} == originals
     assert [kind for kind, _, _ in log] == ["comm_wait", "gather_wait"]
     reduce_ms, gather_ms = (clock.ms(start, end) for _, start, end in log)
     assert reduce_ms >= 30 and gather_ms >= 10  # at least the sleep inside each wait (never shorter)

@@ -1,6 +1,6 @@
 import json
 
-from scripts import bench_optimizers
+from scripts.bench import optimizers as bench_optimizers
 from tests.test_train import SMOKE, TINY
 
 

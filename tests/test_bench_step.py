@@ -1,6 +1,6 @@
 import json
 
-from scripts import bench_step
+from scripts.bench import step as bench_step
 from tests.test_train import SMOKE, TINY
 
 

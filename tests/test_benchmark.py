@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: steps to target against hand-computed cases, the target and the scores, spec
+"""scripts/studies/benchmark.py: steps to target against hand-computed cases, the target and the scores, spec
 errors, the shipped specs, the whole protocol with a fake training script (search, refinement, ladder,
 reuse of finished runs when an optimizer is added, the record), and a 2-optimizer 2-budget benchmark
 of the real trainer on a tiny made-up text."""
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from data import shakespeare
-from scripts import benchmark, records
-from scripts.benchmark import Reach, steps_to_target
-from scripts.sweeps.spec import SpecError
+from scripts.studies import benchmark
+from scripts.studies.benchmark import Reach, steps_to_target
+from scripts.studies.spec import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs/benchmarks").glob("*.toml"))
@@ -284,7 +284,7 @@ def test_changed_recipe_is_refused(fake, capsys):
     assert run(["adamw"])[0] == 0
     spec = (root / "spec.toml").read_text()
     (root.parent.parent / "bench.toml").write_text(spec.replace("weight_decay\" = 0.1", "weight_decay\" = 0.2"))
-    from scripts.benchmark import main
+    from scripts.studies.benchmark import main
     code = main(["--spec", str(root.parent.parent / "bench.toml"), "--out", str(root.parent),
                  "--train-script", str(root.parent.parent / "fake_train.py"), "--gpus", "none"])
     assert code == 2 and "different" in capsys.readouterr().err

@@ -2,18 +2,10 @@ import dataclasses
 
 import pytest
 
+from common.errors import ConfigError
 from optimizers.muon import MuonConfig
 from optimizers.scion import ScionConfig
-from training.config import (
-    Config,
-    ConfigError,
-    Override,
-    grad_accum_steps,
-    load_config,
-    parse_overrides,
-    to_toml,
-    validate,
-)
+from training.config import Config, Override, grad_accum_steps, load_config, parse_overrides, to_toml, validate
 
 SPEEDRUN = "configs/speedrun_124m.toml"
 SMOKE = "configs/smoke.toml"

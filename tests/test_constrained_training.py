@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import train_gpt
+from common.errors import ConfigError
 from tests.test_distributed import ATOL, EPS, assert_same_weights, final_weights, torchrun
 from tests.test_train import TINY
-from training.config import ConfigError, load_config, validate
+from training.config import load_config, validate
 from training.constrain import row_rms_cap_, unit_update_norm
 from training.distributed import DistInfo
 from training.run_data import prepare_data
@@ -174,10 +175,10 @@ def test_update_norm_and_row_cap():
 
 
 def test_the_lipschitz_figure_reads_a_sweep(tmp_path):
-    """scripts/sweeps/lipschitz_plot.py: one point per finished run (accuracy against log10 bound), the
+    """scripts/studies/lipschitz_plot.py: one point per finished run (accuracy against log10 bound), the
     runs without a result named, a headline per curve; records.py add-study keeps it (no checkpoints)."""
-    from scripts.sweeps.lipschitz_plot import main
-    from scripts.sweeps.spec import load_spec, plan_runs
+    from scripts.studies.lipschitz_plot import main
+    from scripts.studies.spec import load_spec, plan_runs
 
     spec_path = REPO / "configs/sweeps/lipschitz_shakespeare.toml"
     runs = plan_runs(load_spec(spec_path))
@@ -195,7 +196,7 @@ def test_the_lipschitz_figure_reads_a_sweep(tmp_path):
     assert len(table) == len(runs) + 1 and table[-1].count("pending") == 1
     headline = json.loads((folder / "lipschitz.json").read_text())["headline"]
     assert headline.startswith("best val accuracy") and "muon+spectral_hard_cap" in headline
-    from scripts.records import add_study
+    from scripts.records.book import add_study
 
     record = add_study(folder, "cpu-test", "lipschitz", "sweep", root=tmp_path / "rec", extra_files=(spec_path,))
     assert (record / "lipschitz_shakespeare.toml").is_file() and (record / "lipschitz.png").is_file()

@@ -18,9 +18,19 @@ import math
 import pytest
 import torch
 
-from optimizers.constraints import (CONSTRAINTS, ConstraintSettings, ConstraintState, apply_constraint,
-                                    power_iteration, soft_cap_alpha, spectral_hammer, spectral_hard_cap,
-                                    spectral_normalize, spectral_soft_cap, start_vectors)
+from optimizers.constraints import (
+    CONSTRAINTS,
+    ConstraintSettings,
+    ConstraintState,
+    apply_constraint,
+    power_iteration,
+    soft_cap_alpha,
+    spectral_hammer,
+    spectral_hard_cap,
+    spectral_normalize,
+    spectral_soft_cap,
+    start_vectors,
+)
 
 F64 = torch.float64
 SHAPES = [(40, 40), (24, 56), (56, 24), (3, 32, 48)]
@@ -309,7 +319,7 @@ def test_normalize_formula_with_exact_sigma_keeps_bits_inside():
 def test_bench_constraints_times_every_method_next_to_muon_and_writes_json(tmp_path):
     import json
 
-    from scripts import bench_constraints
+    from scripts.bench import constraints as bench_constraints
     from tests.test_train import SMOKE, TINY
 
     out = tmp_path / "constraints.json"

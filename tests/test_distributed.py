@@ -140,7 +140,6 @@ def test_kill_a_rank_and_restart_loses_nothing(tmp_path):
 
 WRAPPER = """
 import os, sys, time
-sys.path.insert(0, {repo!r})
 import train_gpt
 rank = int(os.environ["RANK"])
 {body}
@@ -150,7 +149,7 @@ sys.exit(train_gpt.main(sys.argv[1:]))
 
 def test_ranks_with_different_configs_fail_with_a_message(tmp_path):
     script = tmp_path / "mismatch.py"
-    script.write_text(WRAPPER.format(repo=str(REPO), body='if rank == 1: sys.argv.append("--seed=7")'))
+    script.write_text(WRAPPER.format(body='if rank == 1: sys.argv.append("--seed=7")'))
     out = torchrun(2, [], tmp_path, "mismatch", script=script)
     assert out.returncode != 0
     assert "ranks disagree on the config" in out.stderr
@@ -167,7 +166,7 @@ def test_a_stalled_rank_times_out_with_a_message_instead_of_hanging(tmp_path):
         distributed.check_same_everywhere = stall
     """)
     script = tmp_path / "stall.py"
-    script.write_text(WRAPPER.format(repo=str(REPO), body=body))
+    script.write_text(WRAPPER.format(body=body))
     t0 = time.time()
     out = torchrun(2, ["--distributed.timeout_s=3"], tmp_path, "stall", script=script, timeout=120)
     assert out.returncode != 0 and time.time() - t0 < 100

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import train_gpt
+from common.atomic import TMP_SUFFIX
+from common.errors import ConfigError
+from common.exit_codes import EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_OK
 from data.shard import write_shard
 from model import GPT
 from tests.test_train import REPO, SMOKE, TINY, run
-from training.atomic import TMP_SUFFIX
-from training.config import ConfigError, load_config, validate
-from training.exit_codes import EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_OK
+from training.config import load_config, validate
 from training.run_dir import read_metrics
 from training.trainer import Trainer
 

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py on a CPU machine: the immediate exit without CUDA, stage selection, the runner
+"""scripts/gpu/check.py on a CPU machine: the immediate exit without CUDA, stage selection, the runner
 and the records layout with fake stages, each stage's reader on made-up outputs, and the two stages
 whose CPU side can run here for real (the step worker and the short training run)."""
 
@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import gpu_check
-from scripts.gpu_check import STAGES, Settings, Stage
+from scripts.gpu import check as gpu_check
+from scripts.gpu import running, stages
+from scripts.gpu.running import Stage
+from scripts.gpu.stages import STAGES, Settings
 from tests.test_train import SMOKE, TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,9 +25,9 @@ FAKE_ENV = {"time": "2026-01-02T03:04:05", "device": "Fake GPU 80GB", "torch": "
 
 def test_without_cuda_it_exits_at_once_with_a_clear_message_and_its_own_code(tmp_path):
     out = tmp_path / "never"
-    done = subprocess.run([sys.executable, "scripts/gpu_check.py", "--out-dir", str(out)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "scripts.gpu.check", "--out-dir", str(out)], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
-    assert done.returncode == gpu_check.EXIT_NO_GPU == 77
+    assert done.returncode == running.EXIT_NO_GPU == 77
     assert "no CUDA device" in done.stderr and "python -m pytest" in done.stderr
     assert not out.exists()  # nothing measured, nothing written
 
@@ -52,7 +54,7 @@ def test_default_budgets_fit_one_borrowed_gpu_command_and_the_dry_run_prints_the
     out = capsys.readouterr().out
     assert "record     skipped: no --record-log" in out and "budgets add up to 510 s" in out
     assert "pytest -m gpu" in out and "--data.batch_tokens=49152" in out
-    assert f"--eval.tokens={gpu_check.VAL_TOKENS}" in out and "--distributed.one_rank_group=true" in out
+    assert f"--eval.tokens={stages.VAL_TOKENS}" in out and "--distributed.one_rank_group=true" in out
     with pytest.raises(SystemExit):
         gpu_check.main(["--dry-run", "--stages", "nope"])
     with pytest.raises(SystemExit):
@@ -65,15 +67,15 @@ def test_the_train_stage_prefers_shakespeare_then_the_configs_shards_then_synthe
     chars.mkdir()
     (chars / "shakespeare_train_000000.bin").write_bytes(b"")
     (chars / "shakespeare_val_000000.bin").write_bytes(b"")
-    assert gpu_check.shakespeare_overrides(chars) is None  # no vocab.json: not a finished folder
+    assert stages.shakespeare_overrides(chars) is None  # no vocab.json: not a finished folder
     (chars / "vocab.json").write_text(json.dumps({"vocab_size": 84, "separator_id": 0}))
-    data = gpu_check.shakespeare_overrides(chars)
+    data = stages.shakespeare_overrides(chars)
     assert "--model.vocab_size=84" in data and "--model.eot_token=0" in data
-    assert f"--eval.tokens={gpu_check.SHAKESPEARE_EVAL_TOKENS}" in data
-    monkeypatch.setattr(gpu_check, "shakespeare_overrides", lambda: data)
+    assert f"--eval.tokens={stages.SHAKESPEARE_EVAL_TOKENS}" in data
+    monkeypatch.setattr(stages, "shakespeare_overrides", lambda: data)
     cmd = STAGES["train"].command(settings, tmp_path, 100)
     assert f"--data.train_files={chars}/shakespeare_train_*.bin" in cmd and "--data.synthetic=true" not in cmd
-    monkeypatch.setattr(gpu_check, "shakespeare_overrides", lambda: None)
+    monkeypatch.setattr(stages, "shakespeare_overrides", lambda: None)
     cmd = STAGES["train"].command(settings, tmp_path, 100)
     fineweb = all(list((REPO / "data/fineweb10B").glob(f"fineweb_{k}_*.bin")) for k in ("train", "val"))
     assert ("--data.synthetic=true" in cmd) != fineweb
@@ -94,7 +96,7 @@ def _python(code: str):
 
 def _read_value(settings, scratch, output):
     value = json.loads((scratch / "v.json").read_text())["v"]
-    return {"figures": {"v": value}, "rows": [gpu_check.row("value", str(value), ">= 2", value >= 2)],
+    return {"figures": {"v": value}, "rows": [running.row("value", str(value), ">= 2", value >= 2)],
             "problems": [], "raw": {"v": value}}
 
 
@@ -115,7 +117,7 @@ def fake_stages(out_dir: Path) -> list[Stage]:
 
 def test_each_stage_writes_its_json_when_it_ends_and_nothing_is_overwritten(tmp_path, capsys):
     out_dir = tmp_path / "records" / "gpu" / "2026-01-02_fake-gpu"
-    results = gpu_check.run_check(fake_stages(out_dir), Settings(), out_dir, FAKE_ENV)
+    results = running.run_check(fake_stages(out_dir), Settings(), out_dir, FAKE_ENV)
     assert [r["status"] for r in results] == ["ok", "ok", "timed_out", "skipped", "failed"]
     assert [r["figures"]["v"] for r in results[:2]] == [2, 1]
     assert results[1]["rows"][0]["verdict"] == "missed"  # a missed target is reported, not a failure
@@ -132,21 +134,21 @@ def test_each_stage_writes_its_json_when_it_ends_and_nothing_is_overwritten(tmp_
     one = json.loads((out_dir / "a.json").read_text())
     assert one["figures"] == {"v": 2} and one["environment"] == FAKE_ENV and one["log"] == "a.log.txt"
 
-    text = gpu_check.table(results)
+    text = running.table(results)
     assert "timed_out" in text and "problem: killed at its budget" in text and "no input" in text
     assert [line.split()[0] for line in text.splitlines()[1:] if line[:1] != " "] == ["a", "b", "c", "d", "e"]
 
-    again = gpu_check.run_check(fake_stages(out_dir)[:1], Settings(), out_dir, FAKE_ENV)
+    again = running.run_check(fake_stages(out_dir)[:1], Settings(), out_dir, FAKE_ENV)
     assert again[0]["log"] == "a-2.log.txt" and (out_dir / "a-2.json").exists() and (out_dir / "check-2.json").exists()
     assert json.loads((out_dir / "check.json").read_text()) == saved  # the first run's files are untouched
 
 
 def test_a_time_limit_clips_budgets_and_skips_stages_that_cannot_start(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "MIN_STAGE_S", 1.5)
+    monkeypatch.setattr(running, "MIN_STAGE_S", 1.5)
     out_dir = tmp_path / "out"
     stages = fake_stages(out_dir)
     settings = Settings(budgets={"c": 30}, time_limit_s=2.5)
-    results = gpu_check.run_check([stages[2], stages[0]], settings, out_dir, FAKE_ENV)
+    results = running.run_check([stages[2], stages[0]], settings, out_dir, FAKE_ENV)
     assert results[0]["status"] == "timed_out" and results[0]["budget_s"] <= 2.5  # clipped from 30 s
     assert results[1]["status"] == "skipped" and results[1]["reason"].startswith("not started")
 
@@ -163,8 +165,8 @@ def _gone(pid: int) -> bool:
 def test_sigterm_to_the_check_takes_the_running_stage_down_with_it(tmp_path):
     """A time limit from outside (SIGTERM) must not leave a stage running on the GPU."""
     log, child_log = tmp_path / "parent.txt", tmp_path / "child.txt"
-    parent = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
-              "from scripts.gpu_check import exit_on_sigterm, run_logged; exit_on_sigterm(); "
+    parent = ("import sys; from pathlib import Path; "
+              "from scripts.gpu.running import exit_on_sigterm, run_logged; exit_on_sigterm(); "
               f"run_logged([sys.executable, '-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(120)'], "
               f"Path({str(child_log)!r}), 120)")
     with open(log, "w") as out:
@@ -206,13 +208,13 @@ def test_tests_reader_counts_the_junit_outcomes(tmp_path):
         '<testcase classname="tests.test_b" name="test_skip"><skipped message="no"/></testcase>'
         '<testcase classname="tests.test_b" name="test_err"><error message="y"/></testcase>'
         '</testsuite></testsuites>')
-    read = gpu_check.tests_read(Settings(), tmp_path, "")
+    read = stages.tests_read(Settings(), tmp_path, "")
     assert {k: read["figures"][k] for k in ("passed", "failed", "errors", "skipped")} == dict(
         passed=1, failed=1, errors=1, skipped=1)
     assert read["figures"]["failing"] == ["tests.test_a::test_bad", "tests.test_b::test_err"]
     assert read["problems"] and read["rows"][0]["verdict"] == "missed"
     (tmp_path / "tests.xml").write_text('<testsuites><testsuite name="pytest"/></testsuites>')
-    assert gpu_check.tests_read(Settings(), tmp_path, "")["problems"] == ["no test carries the gpu marker"]
+    assert stages.tests_read(Settings(), tmp_path, "")["problems"] == ["no test carries the gpu marker"]
 
 
 def test_newton_schulz_reader_judges_the_targets(tmp_path):
@@ -220,12 +222,12 @@ def test_newton_schulz_reader_judges_the_targets(tmp_path):
             {"shape": [12, 768, 3072], "torch_ms": 2.0, "triton_ms": 1.0, "speedup_triton_vs_torch": 2.0},
             {"shape": [1, 4096, 4096], "torch_ms": 3.0, "triton_ms": 2.5, "speedup_triton_vs_torch": 1.2}]
     (tmp_path / "ns.json").write_text(json.dumps({"dtype": "bfloat16", "rows": rows}))
-    read = gpu_check.ns_read(Settings(), tmp_path, "")
+    read = stages.ns_read(Settings(), tmp_path, "")
     assert [(r["target"], r["verdict"]) for r in read["rows"]] == [("", ""), (">= 1.3x", "met"), (">= 1.5x", "missed")]
     assert read["problems"] == [] and read["figures"]["1x4096x4096"]["speedup_triton_vs_torch"] == 1.2
     rows[1] = {"shape": [12, 768, 3072], "torch_ms": 2.0, "triton_error": "CompilationError: ..."}
     (tmp_path / "ns.json").write_text(json.dumps({"dtype": "bfloat16", "rows": rows}))
-    problems = gpu_check.ns_read(Settings(), tmp_path, "")["problems"]
+    problems = stages.ns_read(Settings(), tmp_path, "")["problems"]
     assert problems == ["12x768x3072: triton_error CompilationError: ..."]
 
 
@@ -239,11 +241,11 @@ def _step_json(optimizer_ms, graphs):
 
 def test_step_reader_judges_the_optimizer_share_and_recompiles(tmp_path):
     (tmp_path / "step.json").write_text(json.dumps(_step_json(4.0, 0)))
-    read = gpu_check.step_read(Settings(), tmp_path, "")
+    read = stages.step_read(Settings(), tmp_path, "")
     share = next(r for r in read["rows"] if "optimizer share" in r["figure"])
     assert share["value"] == "4.3%" and share["verdict"] == "met" and read["problems"] == []
     (tmp_path / "step.json").write_text(json.dumps(_step_json(9.0, 3)))
-    read = gpu_check.step_read(Settings(), tmp_path, "")
+    read = stages.step_read(Settings(), tmp_path, "")
     assert next(r for r in read["rows"] if "optimizer share" in r["figure"])["verdict"] == "missed"
     assert read["problems"] == ["3 graphs compiled during the timed steps (recompiles)"]
 
@@ -260,56 +262,56 @@ def _run_dir(tmp_path, losses, **summary):
 
 def test_train_reader_checks_loss_completion_and_eager_fallbacks(tmp_path):
     _run_dir(tmp_path, [9.0, 6.0, 5.0], recompiles=0, compile_fallbacks=0, graph_breaks=0, graphs_compiled=4)
-    read = gpu_check.train_read(Settings(), tmp_path, "")
+    read = stages.train_read(Settings(), tmp_path, "")
     assert read["problems"] == [] and read["figures"]["compile_fallbacks"] == 0
     assert next(r for r in read["rows"] if "compile fallbacks" in r["figure"])["verdict"] == "met"
 
     _run_dir(tmp_path, [9.0, 6.0, 5.0])  # a trainer that does not count them yet: unknown, not zero
-    read = gpu_check.train_read(Settings(), tmp_path, "")
+    read = stages.train_read(Settings(), tmp_path, "")
     assert read["figures"]["compile_fallbacks"] == "unknown" and read["problems"] == []
     assert next(r for r in read["rows"] if "compile fallbacks" in r["figure"])["verdict"] == ""
     _run_dir(tmp_path, [9.0, 6.0, 5.0], compile_fallbacks=None, recompiles=None)
-    assert gpu_check.train_read(Settings(), tmp_path, "")["figures"]["compile_fallbacks"] == "unknown"
+    assert stages.train_read(Settings(), tmp_path, "")["figures"]["compile_fallbacks"] == "unknown"
 
     _run_dir(tmp_path, [9.0, 8.8], compile_fallbacks=2, graph_breaks=1, status="failed", error="boom")
     warning = "W0102 torch._dynamo hit config.recompile_limit (8)\n   function: 'forward'\n"
-    read = gpu_check.train_read(Settings(), tmp_path, warning)
+    read = stages.train_read(Settings(), tmp_path, warning)
     assert len(read["problems"]) == 5  # fallbacks and a graph break in the summary, the warning, status, loss
     _run_dir(tmp_path, [4.4, 2.1], synthetic_data=False, data={"train_files": ["x/shakespeare_train_000000.bin"]})
-    assert gpu_check.train_read(Settings(), tmp_path, "")["figures"]["data"] == "shakespeare_char"
+    assert stages.train_read(Settings(), tmp_path, "")["figures"]["data"] == "shakespeare_char"
 
 
 def test_step_reader_judges_the_validation_memory(tmp_path):
     raw = _step_json(1.0, 0)
-    raw["validation"] = {"tokens": gpu_check.VAL_TOKENS, "seconds": 12.0, "loss": 10.8, "peak_memory_mib": 40000.0}
+    raw["validation"] = {"tokens": stages.VAL_TOKENS, "seconds": 12.0, "loss": 10.8, "peak_memory_mib": 40000.0}
     (tmp_path / "step.json").write_text(json.dumps(raw))
-    memory = next(r for r in gpu_check.step_read(Settings(), tmp_path, "")["rows"] if "validation of" in r["figure"])
+    memory = next(r for r in stages.step_read(Settings(), tmp_path, "")["rows"] if "validation of" in r["figure"])
     assert memory["verdict"] == "met" and "10,485,760 tokens" in memory["figure"]
     raw["validation"]["peak_memory_mib"] = 90000.0
     (tmp_path / "step.json").write_text(json.dumps(raw))
-    memory = next(r for r in gpu_check.step_read(Settings(), tmp_path, "")["rows"] if "validation of" in r["figure"])
+    memory = next(r for r in stages.step_read(Settings(), tmp_path, "")["rows"] if "validation of" in r["figure"])
     assert memory["verdict"] == "missed"
     raw["validation"] = None  # the step_group stage does not validate
     (tmp_path / "step.json").write_text(json.dumps(raw))
-    assert not any("validation of" in r["figure"] for r in gpu_check.step_read(Settings(), tmp_path, "")["rows"])
+    assert not any("validation of" in r["figure"] for r in stages.step_read(Settings(), tmp_path, "")["rows"])
 
 
 def test_record_reader_reports_both_and_the_ratio(tmp_path):
     raw = {"tokens_per_gpu": 49152, "steps": 100, "record": {"step_avg_ms": 100.0}, "ours": {"step_avg_ms": 97.0},
            "ratio": 0.97}
     (tmp_path / "record.json").write_text(json.dumps(raw))
-    read = gpu_check.record_read(Settings(), tmp_path, "")
+    read = stages.record_read(Settings(), tmp_path, "")
     assert read["rows"][-1]["value"] == "0.970" and read["rows"][-1]["verdict"] == "met" and not read["problems"]
     raw.update(ours={"step_avg_ms": None, "error": "ours exited with code 1"}, ratio=None)
     (tmp_path / "record.json").write_text(json.dumps(raw))
-    read = gpu_check.record_read(Settings(), tmp_path, "")
+    read = stages.record_read(Settings(), tmp_path, "")
     assert read["problems"] == ["ours: ours exited with code 1"] and read["rows"][1]["value"] == "failed"
     assert STAGES["record"].skip(Settings()) and STAGES["record"].skip(Settings(record_log=str(tmp_path / "no.txt")))
     (tmp_path / "log.txt").write_text("x")
     settings = Settings(record_log=str(tmp_path / "log.txt"), overrides=("--model.depth=2",))
     assert STAGES["record"].skip(settings) is None
     cmd = STAGES["record"].command(settings, tmp_path, 330)
-    assert cmd[1] == "scripts/side_by_side.py" and "--timeout-s=150" in cmd and cmd[-1] == "--model.depth=2"
+    assert cmd[1:3] == ["-m", "scripts.gpu.side_by_side"] and "--timeout-s=150" in cmd and cmd[-1] == "--model.depth=2"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,22 +372,22 @@ def test_train_stage_runs_and_reads_a_real_run(tmp_path, one_thread):
         "--model.seq_len", "--model.window", "--data.micro_batch_size"))
     settings = Settings(config=SMOKE, overrides=(*keep, "--eval.tokens=2048"), tokens_per_gpu=1024, train_steps=12)
     (tmp_path / "scratch").mkdir()
-    result = gpu_check.run_stage(STAGES["train"], settings, tmp_path / "scratch", tmp_path / "train.log.txt", None)
+    result = running.run_stage(STAGES["train"], settings, tmp_path / "scratch", tmp_path / "train.log.txt", None)
     assert result["status"] == "ok", result["problems"]
     figures = result["figures"]
     assert figures["steps"] == 12 and figures["data"] == "synthetic" and figures["fallback_warnings"] == 0
-    assert figures["last_train_loss"] <= figures["first_train_loss"] - gpu_check.LOSS_DROP
+    assert figures["last_train_loss"] <= figures["first_train_loss"] - stages.LOSS_DROP
     assert not any("validation of" in r["figure"] for r in result["rows"])  # 2,048 tokens, not the speedrun's
 
 
 def test_the_prepared_first_run_writes_its_environment_and_stops_without_a_gpu(tmp_path):
-    """scripts/gpu_first_run.sh, the one command of a borrowed GPU: here (no CUDA) it records the environment
+    """scripts/gpu/first_run.sh, the one command of a borrowed GPU: here (no CUDA) it records the environment
     and passes on gpu_check's exit code 77; `record` without the record's log stops with 2 and says where
     the log goes; an unknown run is refused."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    script = str(REPO / "scripts/gpu_first_run.sh")
+    script = str(REPO / "scripts/gpu/first_run.sh")
     done = subprocess.run(["bash", script, str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == gpu_check.EXIT_NO_GPU, done.stdout + done.stderr
+    assert done.returncode == running.EXIT_NO_GPU, done.stdout + done.stderr
     assert "torch" in (tmp_path / "out" / "environment.txt").read_text()
     assert "no CUDA device" in (tmp_path / "out" / "gpu_check.txt").read_text()
     done = subprocess.run(["bash", script, str(tmp_path / "out"), "record"], env={**env, "RECORD_LOG": "nope.txt"},

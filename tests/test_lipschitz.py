@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from common.errors import ConfigError
 from model.gpt import GPT
 from model.lipschitz import LipschitzNotCovered, attention_bound, lipschitz_bound, uncovered
 from model.mlp import activation
 from optimizers.constraints import ConstraintState, apply_constraint
-from training.config import ConfigError, load_config, validate
+from training.config import load_config, validate
 from training.constrain import row_rms_cap_
 
 LIPSCHITZ = [  # the switches of configs/lipschitz_smoke.toml, at toy size

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.loader import (DataNotFoundError, TrainLoader, count_val_steps, find_shards,
-                         val_batches)
-from data.shard import ShardError, write_shard
+from common.errors import DataNotFoundError, ShardError
+from data.loader import TrainLoader, count_val_steps, find_shards, val_batches
+from data.shard import write_shard
 
 EOT = 50256
 
@@ -200,7 +200,7 @@ def test_missing_fineweb_files_name_the_download_command(tmp_path):
     pattern = str(tmp_path / "fineweb10B" / "fineweb_train_*.bin")
     with pytest.raises(DataNotFoundError) as info:
         TrainLoader(pattern, seq_len=8, batch_size=2)
-    assert "python data/cached_fineweb10B.py 8" in str(info.value)
+    assert "python -m data.cached_fineweb10B 8" in str(info.value)
     assert pattern in str(info.value)
     assert isinstance(info.value, FileNotFoundError)
 

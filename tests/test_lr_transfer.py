@@ -1,7 +1,7 @@
 """Learning-rate transfer across width: "grid steps the best lr moves per doubling of width" in the
-sweep results (scripts/sweeps/results.py) against hand-computed cases, CPU slots of the sweep runner,
+sweep results (scripts/studies/results.py) against hand-computed cases, CPU slots of the sweep runner,
 the shipped Shakespeare transfer spec, and a 2-width sweep of the real trainer on a tiny made-up text
-kept as a study record (scripts/records.py add-study)."""
+kept as a study record (python -m scripts.records add-study)."""
 
 import csv
 import json
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from data import shakespeare
-from scripts import records, sweep
-from scripts.sweeps import results, runner
-from scripts.sweeps import spec as plan
-from scripts.sweeps.runner import Slot
-from scripts.sweeps.spec import PlotSpec, SpecError
+from scripts.records import cli as records_cli
+from scripts.studies import results, runner, sweep
+from scripts.studies import spec as plan
+from scripts.studies.runner import Slot
+from scripts.studies.spec import PlotSpec, SpecError
 from training.config import load_config, toml_value, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def test_two_width_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     data = json.loads((root / "transfer.json").read_text())
     assert data["shift"]["adamw"]["steps_per_doubling"] == pytest.approx(expected / 2)  # the grid is in factors of 4
     assert f"adamw {expected / 2:+.2f}" in (root / "transfer.md").read_text()
-    assert records.main(["--root", str(tmp_path / "records"), "add-study", str(root), "--track", "cpu-test",
+    assert records_cli.main(["--root", str(tmp_path / "records"), "add-study", str(root), "--track", "cpu-test",
                          "--name", "tiny transfer", "--spec", str(spec), "--date", "2026-01-02"]) == 0
     record = tmp_path / "records/cpu-test/2026-01-02_tiny-transfer"
     assert (record / "tiny.toml").is_file() and (record / "lr_transfer.png").is_file()

@@ -267,7 +267,7 @@ def test_auto_falls_back_once_when_triton_is_missing(monkeypatch, fresh_fallback
 
 
 def test_bench_quick_writes_json(interpreter, tmp_path):
-    from scripts import bench_newton_schulz
+    from scripts.bench import newton_schulz as bench_newton_schulz
 
     out = tmp_path / "bench.json"
     result = bench_newton_schulz.main(["--quick", "--variants=torch,triton", "--shapes=2x32x48,1x40x24",

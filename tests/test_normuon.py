@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import train_gpt
+from common.errors import ConfigError
 from optimizers import Muon, orthogonalize
 from optimizers.muon import shape_scale
 from optimizers.normuon import NorMuon
 from tests.test_distributed import ATOL, assert_same_weights, final_weights, torchrun
-from tests.test_train import REPO, SMOKE, TINY
 from tests.test_optimizers import grads_for, params
-from training.config import ConfigError, load_config, validate
+from tests.test_train import REPO, SMOKE, TINY
+from training.config import load_config, validate
 
 F64 = torch.float64
 SMOKE_NORMUON = str(REPO / "configs/smoke_normuon.toml")

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from common.errors import ConfigError
 from optimizers.prodigy import Prodigy
 from optimizers.registry import build_optimizer
 from tests.test_train import REPO, TINY
-from training.config import ConfigError, load_config, validate
+from training.config import load_config, validate
 
 F64 = torch.float64
 SMOKE_PRODIGY = str(REPO / "configs/smoke_prodigy.toml")

@@ -1,4 +1,4 @@
-"""scripts/records.py on synthetic run directories: add (copies, never overwrites), table, check
+"""scripts/records/ (book.py, cli.py) on synthetic run directories: add (copies, never overwrites), table, check
 (p-values against cases with known answers) and plot."""
 
 import json
@@ -7,8 +7,9 @@ import statistics
 
 import pytest
 
-from scripts import records
-from scripts.records import RecordError
+from scripts.records import book as records
+from scripts.records import cli
+from scripts.records.book import RecordError
 
 # modded-nanogpt README ("Statistical tests"): 40 final val losses, p=0.0003 against 3.28,
 # torch.std_mean -> (0.0040, 3.2777)
@@ -90,13 +91,13 @@ def test_check_command(tmp_path, capsys):
     for i, loss in enumerate(MODDED_NANOGPT_LOSSES[:10]):
         make_run(tmp_path / "rec", f"seed{i}", loss)
     make_run(tmp_path / "rec", "seed_diverged", float("nan"), status="diverged")
-    assert records.main(["check", str(tmp_path / "rec"), "--target", "3.30"]) == 0
+    assert cli.main(["check", str(tmp_path / "rec"), "--target", "3.30"]) == 0
     out = capsys.readouterr().out
     assert "n=10" in out and "left out" in out and "seed_diverged" in out and "p < 0.01: yes" in out
-    assert records.main(["check", str(tmp_path / "rec"), "--target", "3.28"]) == 1  # 10 runs: not enough
+    assert cli.main(["check", str(tmp_path / "rec"), "--target", "3.28"]) == 1  # 10 runs: not enough
     # run directories can be given one by one too
     runs = [str(tmp_path / "rec/seed0"), str(tmp_path / "rec/seed1")]
-    assert records.main(["check", *runs, "--target", "3.29"]) in (0, 1)
+    assert cli.main(["check", *runs, "--target", "3.29"]) in (0, 1)
     assert "n=2" in capsys.readouterr().out
 
 
@@ -160,7 +161,7 @@ def test_table(tmp_path):
                      f"{mean:.4f} ± {std:.4f}", "100", "171.0 s", "NVIDIA H100 80GB HBM3 x8"]
     assert "## 124m" in text and "## cpu-smoke" in text
     assert "| [smoke](cpu-smoke/2026-02-01_smoke/) | 2026-02-01 | adamw | 1 | 1.1600 | 200 |" in text
-    assert records.main(["--root", str(root), "table"]) == 0
+    assert cli.main(["--root", str(root), "table"]) == 0
 
 
 def test_table_without_records(tmp_path):
@@ -171,11 +172,11 @@ def test_cli_add(tmp_path, capsys):
     runs = [make_run(tmp_path / "runs", f"s{i}", 3.27) for i in range(2)]
     args = ["--root", str(tmp_path / "records"), "add", *map(str, runs), "--track", "124m", "--name", "cli test",
             "--date", "2026-03-01"]
-    assert records.main(args) == 0
+    assert cli.main(args) == 0
     assert (tmp_path / "records/124m/2026-03-01_cli-test/s1/log.txt").is_file()
     assert "cli test" not in (tmp_path / "records/README.md").read_text()  # the table names the folder
     assert "[cli-test](124m/2026-03-01_cli-test/)" in (tmp_path / "records/README.md").read_text()  # add regenerates it
-    assert records.main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert cli.main(args) == 2 and "already exists" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,8 +186,8 @@ def test_cli_add(tmp_path, capsys):
 def test_plot(tmp_path):
     a = [make_run(tmp_path / "a", f"s{i}", 3.27 + i / 100) for i in range(2)]
     b = make_run(tmp_path / "b", "only", 3.4, train_time_ms=90_000.0)
-    out = records.plot_curves([a[0].parent, b], tmp_path / "plots" / "curves.png")
+    out = cli.plot_curves([a[0].parent, b], tmp_path / "plots" / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    assert records.main(["plot", str(b), "--out", str(tmp_path / "one.png"), "--target", "3.28"]) == 0
+    assert cli.main(["plot", str(b), "--out", str(tmp_path / "one.png"), "--target", "3.28"]) == 0
     with pytest.raises(RecordError, match="holds no run"):
         records.find_runs(tmp_path / "plots")

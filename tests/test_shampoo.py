@@ -10,12 +10,12 @@ import scipy.linalg
 import torch
 
 import train_gpt
-from optimizers.registry import build_optimizer
+from common.errors import ConfigError
 from optimizers.shampoo import Shampoo, inverse_root
 from tests.test_distributed import ATOL, EPS, assert_same_weights, final_weights, torchrun
-from tests.test_train import REPO, SMOKE, TINY
 from tests.test_optimizers import grads_for, params
-from training.config import ConfigError, load_config
+from tests.test_train import REPO, SMOKE, TINY
+from training.config import load_config
 
 F64 = torch.float64
 SMOKE_SHAMPOO = str(REPO / "configs/smoke_shampoo.toml")

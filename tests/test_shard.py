@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from data.shard import (HEADER_BYTES, HEADER_INTS, MAGIC, VERSION, ShardError, load_shard,
-                        read_header, write_shard)
+from common.errors import ShardError
+from data.shard import HEADER_BYTES, HEADER_INTS, MAGIC, VERSION, load_shard, read_header, write_shard
 
 
 def _write_raw(path, header_values, num_token_bytes):

@@ -1,4 +1,4 @@
-"""scripts/side_by_side.py on a CPU machine, with a tiny fake record log written here (never the
+"""scripts/gpu/side_by_side.py on a CPU machine, with a tiny fake record log written here (never the
 record's code): extraction of the script, reading and patching its constants, the shards, both
 commands, parsing both trainers' step lines, and the whole comparison with the fake record script
 and our real trainer at toy size."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import side_by_side as sbs
+from scripts.gpu import side_by_side as sbs
 from tests.test_train import SMOKE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_commands_run_the_record_under_torchrun_and_ours_with_its_tokens(tmp_pat
 
 
 def test_measured_keeps_a_partial_figure_apart_from_the_figure():
-    from scripts.gpu_check import Finished
+    from scripts.gpu.running import Finished
 
     full = "step:20/20 train_time:60ms step_avg:3.00ms\n"
     assert sbs.measured("ours", Finished(0, False, 1.0), full)["step_avg_ms"] == 3.0
@@ -134,7 +134,7 @@ def test_measured_keeps_a_partial_figure_apart_from_the_figure():
 def test_without_cuda_it_exits_with_the_gpu_checks_code(tmp_path):
     log = tmp_path / "log.txt"
     log.write_text(FAKE_LOG)
-    done = subprocess.run([sys.executable, "scripts/side_by_side.py", "--record-log", str(log)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "scripts.gpu.side_by_side", "--record-log", str(log)], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
     assert done.returncode == 77 and "no CUDA device" in done.stderr
     with pytest.raises(SystemExit):

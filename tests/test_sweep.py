@@ -1,4 +1,4 @@
-"""scripts/sweep.py and scripts/sweeps/: specs and plans, GPU slots and launch commands, the scheduler (with a fake
+"""scripts/studies/sweep.py and scripts/sweeps/: specs and plans, GPU slots and launch commands, the scheduler (with a fake
 training script and fake GPU ids), resuming and retrying, the CSV and the figure, and a tiny real
 sweep of the smoke model end to end."""
 
@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import sweep
-from scripts.sweeps import results, runner
-from scripts.sweeps import spec as plan
-from scripts.sweeps.runner import Slot, SweepDir
-from scripts.sweeps.spec import PlotSpec, SpecError
+from scripts.studies import results, runner, sweep
+from scripts.studies import spec as plan
+from scripts.studies.runner import Slot, SweepDir
+from scripts.studies.spec import PlotSpec, SpecError
 from training.config import load_config, toml_value, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +110,7 @@ def test_make_slots():
     assert runner.make_slots([], 2) == [Slot()]  # CPU: one run after another
     with pytest.raises(SpecError, match="only 4 GPU"):
         runner.make_slots(gpus, 8)
-    assert sweep.parse_gpus("4, 5") == ["4", "5"] and sweep.parse_gpus("none") == []
+    assert runner.parse_gpus("4, 5") == ["4", "5"] and runner.parse_gpus("none") == []
 
 
 def test_detect_gpus_respects_cuda_visible_devices(monkeypatch):

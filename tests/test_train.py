@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import train_gpt
+from common.exit_codes import EXIT_DIVERGED
 from data.shard import write_shard
-from training.exit_codes import EXIT_DIVERGED
-from training.trainer import Trainer
 from training.config import load_config
 from training.run_dir import read_metrics
+from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs/smoke.toml")
@@ -191,7 +191,7 @@ def test_missing_data_names_the_download_command(tmp_path, capsys):
     code, _ = run(tmp_path, "--data.synthetic=false", f"--data.train_files={tmp_path}/fineweb_train_*.bin",
                   f"--data.val_files={tmp_path}/fineweb_val_*.bin")
     assert code == 2
-    assert "python data/cached_fineweb10B.py" in capsys.readouterr().err
+    assert "python -m data.cached_fineweb10B" in capsys.readouterr().err
 
 
 def test_token_ids_beyond_vocab_are_an_error(tmp_path, capsys):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from training.atomic import atomic_torch_save
+from common.atomic import atomic_torch_save
+from common.errors import CheckpointError
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -57,10 +58,6 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
 REQUIRED_KEYS = ("model", "optimizer", "loader", "rng", "counters", "step")

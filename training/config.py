@@ -12,17 +12,15 @@ cannot use, ...).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the offending key."""
+from common.errors import ConfigError, closest, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -288,9 +286,10 @@ def _unknown_key(key: str, valid: list[str], elsewhere: list[str] = ()) -> Confi
     optimizers' settings)."""
     hint = ""
     for pool in (valid, elsewhere):
-        close = difflib.get_close_matches(key.split(".")[-1], [v.split(".")[-1] for v in pool], n=1)
-        if close:
-            hint = f"; did you mean '{next(v for v in pool if v.split('.')[-1] == close[0])}'?"
+        full = {v.split(".")[-1]: v for v in reversed(pool)}  # last part -> its first key
+        close = closest(key.split(".")[-1], full)
+        if close is not None:
+            hint = f"; did you mean {full[close]!r}?"
             break
     return ConfigError(f"unknown config key '{key}'{hint} (valid keys: {', '.join(valid)})")
 
@@ -463,9 +462,8 @@ def _check(ok: bool, message: str):
 
 def _choice(key: str, value: str, choices: tuple[str, ...]):
     if value not in choices:
-        close = difflib.get_close_matches(value, choices, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, choices))}{hint}")
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, choices))}"
+                          f"{did_you_mean(value, choices)}")
 
 
 def grad_accum_steps(cfg: Config, world_size: int) -> int:

@@ -48,10 +48,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from optimizers import collectives
 from model.lipschitz import sigma_max
-from optimizers.constraints import (SOFT_CAP_MAX_K, ConstraintSettings, ConstraintState, apply_constraint, role_beta,
-                                   spectral_normalize)
+from optimizers import collectives
+from optimizers.constraints import (
+    SOFT_CAP_MAX_K,
+    ConstraintSettings,
+    ConstraintState,
+    apply_constraint,
+    role_beta,
+    spectral_normalize,
+)
 from optimizers.muon import shape_scale
 from optimizers.sharded import Chunk
 

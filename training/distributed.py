@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from training.config import ConfigError
+from common.errors import ConfigError
 
 
 @dataclass(frozen=True)

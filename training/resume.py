@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from training.config import Config, ConfigError, load_config, to_dict
+import tomllib
+
+from common.errors import CheckpointError, ConfigError
+from training.checkpoint import list_checkpoints, load_checkpoint
+from training.config import Config, load_config, to_dict
 
 # config keys (or prefixes ending in ".") that may differ between a checkpoint and the run resuming it
 RESUMABLE_CHANGES = ("name", "device", "log.", "checkpoint.", "distributed.", "eval.", "model.compile",

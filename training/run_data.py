@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.loader import DataError, check_vocab, find_shards
+from common.errors import DataError
+from data.loader import check_vocab, find_shards
 from data.shard import load_shard, read_header
 from training.config import Config, interval_tokens
 from training.distributed import DistInfo, barrier

@@ -8,8 +8,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from training.atomic import atomic_write_json, atomic_write_text
-from training.config import Config, ConfigError, to_dict
+from common.atomic import atomic_write_json, atomic_write_text
+from common.errors import ConfigError
+from training.config import Config, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

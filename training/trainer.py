@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from common.atomic import remove_stale_tmp
+from common.errors import ConfigError
+from common.hardware import device_name, peak_memory_mib, peak_tflops, synchronize
 from data.loader import TrainLoader, val_batches
 from model import GPT, flops_per_token, fp8
 from optimizers import OPTIMIZERS, build_optimizer
@@ -36,17 +39,16 @@ from optimizers.grad_sync import GradSync
 from optimizers.sharded import drop_foreign_state, gather_state, plan_chunks, sharded_step
 from training import checkpoint as ckpt
 from training import compilation, schedule
-from training.atomic import remove_stale_tmp
-from training.config import Config, ConfigError, eval_batch_size, eval_due, eval_tokens, grad_accum_steps, to_dict, to_toml
+from training.config import Config, eval_batch_size, eval_due, eval_tokens, grad_accum_steps, to_dict, to_toml
 from training.constrain import Constrainer
 from training.distributed import DistInfo, all_reduce_max_flag, all_reduce_mean, broadcast_object, broadcast_parameters
 from training.divergence import Diverged, DivergenceGuard, weights_finite
-from training.hardware import device_name, peak_memory_mib, peak_tflops, synchronize
 from training.meter import RunMeter
 from training.resume import plan_run
 from training.run_data import RunData, prepare_data
 from training.run_dir import RunOutputs, git_commit, start_wandb
 from training.signals import StopFlag, inject_fault
+
 
 def autocast(cfg: Config, device: torch.device):
     """bf16 autocast on CUDA when model.bf16; nothing elsewhere (CPU runs are fp32)."""

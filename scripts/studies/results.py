@@ -12,10 +12,9 @@ import math
 import statistics
 from pathlib import Path
 
-from scripts.sweeps.runner import FINISHED, SweepDir
-from scripts.sweeps.spec import PlannedRun, PlotSpec, SweepSpec, format_value
-from training.atomic import atomic_write_text
-
+from common.atomic import atomic_write_text
+from scripts.studies.runner import FINISHED, SweepDir
+from scripts.studies.spec import PlannedRun, PlotSpec, SweepSpec, format_value
 
 # ----------------------------------------------------------------------------------------------
 # Results: the CSV

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.sweeps.spec import REPO, PlannedRun, SpecError, SweepSpec
-from training.atomic import atomic_write_json, atomic_write_text
-from training.exit_codes import EXIT_CONFIG, EXIT_DIVERGED
-from training.exit_codes import MEANINGS as EXIT_MEANINGS
+from common.atomic import atomic_write_json, atomic_write_text
+from common.exit_codes import EXIT_CONFIG, EXIT_DIVERGED
+from common.exit_codes import MEANINGS as EXIT_MEANINGS
+from scripts.studies.spec import REPO, PlannedRun, SpecError, SweepSpec
 
 TRAIN_SCRIPT = REPO / "train_gpt.py"
 CPU_SLOTS_ENV = "SWEEP_CPU_SLOTS"  # runs at once on a machine without GPUs (default 1)
@@ -118,6 +118,18 @@ def detect_gpus() -> list[str]:
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def parse_gpus(text: str | None) -> list[str]:
+    """--gpus: comma-separated ids, 'none'/'cpu' for none, or (unset) every visible GPU."""
+    if text is None:
+        return detect_gpus()
+    return [] if text.strip().lower() in ("", "none", "cpu") else [g.strip() for g in text.split(",") if g.strip()]
+
+
+def interrupt_on_sigterm(_signum, _frame):
+    """A SIGTERM handler: stop a sweep like Ctrl-C (the runner kills its runs and keeps what finished)."""
+    raise KeyboardInterrupt
 
 
 def make_slots(gpus: list[str], per_run: int, cpu_slots: int | None = None) -> list[Slot]:

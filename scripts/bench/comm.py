@@ -1,7 +1,7 @@
 """Measure what the distributed machinery buys: gradient-reduction overlap and sharded orthogonalization.
 
-    python scripts/bench_comm.py                                  # CPU gloo: smoke model, 1, 2 and 4 processes
-    python scripts/bench_comm.py --config configs/speedrun_124m.toml --random-data --worlds 1,8   # 8 GPUs
+    python -m scripts.bench.comm                                  # CPU gloo: smoke model, 1, 2 and 4 processes
+    python -m scripts.bench.comm --config configs/speedrun_124m.toml --random-data --worlds 1,8   # 8 GPUs
 
 For every world size, and for every combination of distributed.overlap (reductions start during
 backward, or only after it) and distributed.shard_optimizer (each rank orthogonalizes its share,
@@ -17,154 +17,40 @@ mode, times `--steps` training steps after `--warmup`, and records (rank 0, mean
 
 and derives optimizer_fraction = optimizer_ms / step_ms and, per world size,
 hidden_fraction = 1 − comm_wait(overlap on) / comm_wait(overlap off). Writes one JSON file.
-On one GPU (or one process) only the single-process step can be measured: there is nothing to
-reduce, shard or hide; the JSON says so.
-
-How it times (the JSON's "timer"): on CUDA with CUDA events, never host clocks. An NCCL wait does
-not block the host: `work.wait()` only makes the current (compute) stream wait for the NCCL stream,
-so a host timer around it reads ~0 whatever the overlap did. Here every asynchronous collective of
-optimizers/collectives.py is wrapped from the outside (nothing in the library changes) so that its
-work's wait() is bracketed by two events recorded on the current stream: the first completes when
-the compute stream reaches the wait, the second when the collective is done too, so the time between
-them is how long the compute stream stood still for it (about 0 when the collective had already
-finished: fully hidden). The phases are events on the same stream (no host synchronization between
-them). On CPU (gloo) a wait blocks the host until the collective is done, so host clocks
-(time.perf_counter) measure the same thing there; the JSON labels them "host".
+On one GPU (or one process) there is nothing to reduce, shard or hide: the single-process step is
+measured plain and in a one-rank group. How it times: scripts/bench/timing.py ("timer" in the JSON:
+CUDA events on GPU, host clocks on CPU, where a gloo wait blocks the host).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from training.atomic import atomic_write_json  # noqa: E402
+from common.atomic import atomic_write_json
+from common.hardware import device_name
+from common.paths import REPO
+from data.synthetic import random_shards
+from scripts.bench.timing import TIMERS, time_phases
+from training.config import load_config, validate
+from training.distributed import barrier, broadcast_object, env_world_size, init_distributed, shutdown
+from training.run_data import prepare_data
+from training.trainer import Trainer
 
 VARIANTS = [dict(overlap=o, shard=s) for o in (True, False) for s in (True, False)]
 # one process: the plain step, and the same step in a one-rank group (every distributed path with a world of one:
 # what the group costs in host overhead, e.g. per-chunk launches, is what it adds to the plain step)
 ONE_PROCESS = [dict(overlap=True, shard=True), dict(overlap=True, shard=True, group=True)]
-TIMERS = {
-    "cuda_events": "cuda_events: CUDA events on the compute stream (phases; each collective wait bracketed)",
-    "host": "host: time.perf_counter (CPU/gloo, where a wait blocks the host until the collective is done)",
-}
-# optimizers/collectives.py's asynchronous collectives, by what their waits count toward
-WAIT_KINDS = {"all_reduce_average": "comm_wait", "reduce_scatter_average": "comm_wait", "all_gather": "gather_wait"}
-
-
-class _Clock:
-    """Marks on the device's timeline: CUDA events on the current stream, or (CPU) host clocks."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.label = "cuda_events" if self.cuda else "host"
-
-    def mark(self):
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def ms(self, start, end) -> float:
-        """Milliseconds between two marks (for events: call after they completed)."""
-        return start.elapsed_time(end) if self.cuda else 1000 * (end - start)
-
-
-class _TimedWork:
-    """A collective's work whose wait() is bracketed by two clock marks (appended to `log`)."""
-
-    def __init__(self, work, kind: str, clock: _Clock, log: list):
-        self._work, self._kind, self._clock, self._log = work, kind, clock, log
-
-    def wait(self, *args, **kwargs):
-        start = self._clock.mark()
-        done = self._work.wait(*args, **kwargs)
-        self._log.append((self._kind, start, self._clock.mark()))
-        return done
-
-    def __getattr__(self, name):
-        return getattr(self._work, name)
-
-
-@contextlib.contextmanager
-def timed_waits(clock: _Clock):
-    """While inside, every asynchronous collective of optimizers/collectives.py returns a work whose
-    wait is timed; yields the list that collects (kind, start mark, end mark) per wait."""
-    from optimizers import collectives
-
-    log: list = []
-    originals = {name: getattr(collectives, name) for name in WAIT_KINDS}
-
-    def wrap(name, fn):
-        def timed(*args, **kwargs):
-            work = fn(*args, **kwargs)
-            return work if work is None else _TimedWork(work, WAIT_KINDS[name], clock, log)
-        return timed
-
-    for name, fn in originals.items():
-        setattr(collectives, name, wrap(name, fn))
-    try:
-        yield log
-    finally:
-        for name, fn in originals.items():
-            setattr(collectives, name, fn)
-
-
-def time_phases(trainer, at: int, warmup: int, steps: int) -> dict:
-    """Mean milliseconds per step of forward+backward, the optimizer step, and the waits on the
-    gradient reductions and update gathers, over `steps` steps at schedule position `at` after
-    `warmup` untimed ones (module docstring: how)."""
-    from training.hardware import synchronize
-
-    clock = _Clock(trainer.info.device)
-    with timed_waits(clock) as waits:
-        for _ in range(warmup):
-            trainer.step(at)
-        synchronize(trainer.info.device)
-        waits.clear()
-        marks = []
-        for _ in range(steps):
-            first = len(waits)
-            m0 = clock.mark()
-            trainer.forward_backward(at)
-            m1 = clock.mark()
-            trainer.optimizer_step(at)
-            marks.append((m0, m1, clock.mark(), first, len(waits)))
-        synchronize(trainer.info.device)
-        rows = []
-        for m0, m1, m2, lo, hi in marks:
-            row = {"forward_backward_ms": clock.ms(m0, m1), "optimizer_ms": clock.ms(m1, m2),
-                   "comm_wait_ms": 0.0, "gather_wait_ms": 0.0}
-            for kind, start, end in waits[lo:hi]:
-                row[f"{kind}_ms"] += clock.ms(start, end)
-            rows.append(row)
-    mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0]}
-    step = mean["forward_backward_ms"] + mean["optimizer_ms"]
-    return {"timer": clock.label, "timed_steps": steps, "step_ms": step, **mean,
-            "optimizer_fraction": mean["optimizer_ms"] / step}
 
 
 def worker(args, overrides) -> None:
-    from scripts.bench_step import random_shards
-    from training.run_data import prepare_data
-    from training.trainer import Trainer
-    from training.config import load_config, validate
-    from training.distributed import env_world_size, init_distributed, shutdown
-    from training.hardware import device_name
-
     cfg = load_config(args.config, overrides)
     world = env_world_size()
     rows = cfg.data.batch_tokens // cfg.model.seq_len
@@ -176,8 +62,6 @@ def worker(args, overrides) -> None:
         if args.random_data:
             need = (args.warmup + args.steps + 2) * (cfg.data.batch_tokens + cfg.model.seq_len * info.world_size * 2)
             files = random_shards(Path(tmp), cfg.model.vocab_size, need) if info.is_main else None
-            from training.distributed import barrier, broadcast_object
-
             barrier(info)
             files = broadcast_object(files, info)
         else:
@@ -198,7 +82,7 @@ def launch(world: int, variant: dict, args, overrides, out_file: Path) -> dict:
     flags = [f"--distributed.overlap={str(variant['overlap']).lower()}",
              f"--distributed.shard_optimizer={str(variant['shard']).lower()}",
              *(["--distributed.one_rank_group=true"] if variant.get("group") else [])]
-    inner = [str(Path(__file__).resolve()), "--worker-out", str(out_file), "--config", args.config,
+    inner = ["-m", "scripts.bench.comm", "--worker-out", str(out_file), "--config", args.config,
              f"--steps={args.steps}", f"--warmup={args.warmup}", *(["--random-data"] if args.random_data else []),
              *overrides, *flags]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", *inner]

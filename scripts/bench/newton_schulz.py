@@ -1,7 +1,7 @@
 """Time a full 5-step quintic orthogonalization (normalize + iterations) several ways and write JSON.
 
-    python scripts/bench_newton_schulz.py --out bench_newton_schulz.json          # on a GPU, bf16
-    TRITON_INTERPRET=1 python scripts/bench_newton_schulz.py --quick              # smoke test on CPU
+    python -m scripts.bench.newton_schulz --out bench_newton_schulz.json          # on a GPU, bf16
+    TRITON_INTERPRET=1 python -m scripts.bench.newton_schulz --quick              # smoke test on CPU
 
 Variants: "torch" (plain matmuls and elementwise ops: A = X@Xᵀ, B = b·A + c·(A@A), X = a·X + B@X),
 "torch_baddbmm" (the library's torch path, optimizers/orthogonalize.py: the elementwise terms fused
@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.atomic import atomic_write_json
+from optimizers.newton_schulz_triton import polynomial_iteration, triton_available
+from optimizers.orthogonalize import coefficients, polynomial_iteration_torch
 
-from optimizers.newton_schulz_triton import polynomial_iteration, triton_available  # noqa: E402
-from optimizers.orthogonalize import coefficients, polynomial_iteration_torch  # noqa: E402
-from training.atomic import atomic_write_json  # noqa: E402
 SHAPES = [(48, 768, 768), (12, 768, 3072), (12, 3072, 768), (1, 1024, 1024), (1, 2048, 2048), (1, 4096, 4096),
           (1, 8192, 8192)]
 QUICK_SHAPES = [(2, 32, 32), (2, 32, 64), (2, 64, 32)]

@@ -1,4 +1,4 @@
-"""train_gpt.py's exit codes, shared with the tools that launch it (scripts/sweep.py)."""
+"""train_gpt.py's exit codes, shared with the tools that launch it (scripts/studies/sweep.py)."""
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an unexpected error mid-run: summary.json says "failed", the traceback is in log.txt

@@ -3,24 +3,24 @@
 # at most 9 minutes that writes everything it measured under OUT (3 files: an archive, the check's JSON
 # and its table).
 #
-#   bash scripts/gpu_first_run.sh OUT            # ns, step, step_group, train, tests (scripts/gpu_check.py)
-#   bash scripts/gpu_first_run.sh OUT record     # a second command: the record's script side by side (~5 min)
+#   bash scripts/gpu/first_run.sh OUT            # ns, step, step_group, train, tests (scripts/gpu/check.py)
+#   bash scripts/gpu/first_run.sh OUT record     # a second command: the record's script side by side (~5 min)
 #
 # Before the lease, on the CPU machine (the borrowed one can download nothing):
-#   python3 data/shakespeare.py               # data/shakespeare_char/: real text for the train stage (~10 MB,
+#   python3 -m data.shakespeare               # data/shakespeare_char/: real text for the train stage (~10 MB,
 #                                             # git-ignored; it travels when the lease carries it)
 #   For `record`: the record's log (its script is inside it) as upstream/record.txt (git-ignored, never
 #   committed), e.g. from a fetched copy of KellerJordan/modded-nanogpt:
 #     git --git-dir=<the fetched copy> show HEAD:records/track_1_short/2025-01-26_BatchSize/<id>.txt > upstream/record.txt
 #   (docs/gpu.md names the log and says how).
-# On the lease: run `bash scripts/gpu_first_run.sh $OUT` carrying data/shakespeare_char (and upstream for
+# On the lease: run `bash scripts/gpu/first_run.sh $OUT` carrying data/shakespeare_char (and upstream for
 # `record`), with a time limit of 600 s.
 # Afterwards, here: tar xzf <returned>/gpu_check.tar.gz -C records/gpu/   (a folder <date>_<device>), commit it,
 # and put the figures in the README's GPU section.
 set -uo pipefail
-OUT=${1:?usage: bash scripts/gpu_first_run.sh OUT_DIR [record]}
+OUT=$(realpath -m "${1:?usage: bash scripts/gpu/first_run.sh OUT_DIR [record]}")
 WHAT=${2:-check}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -34,12 +34,12 @@ PY=${PYTHON:-python3}
 
 case "$WHAT" in
   check)
-    "$PY" scripts/gpu_check.py --time-limit-s "${TIME_LIMIT_S:-540}" --archive "$OUT/gpu_check.tar.gz" 2>&1 | tee "$OUT/gpu_check.txt"
+    "$PY" -m scripts.gpu.check --time-limit-s "${TIME_LIMIT_S:-540}" --archive "$OUT/gpu_check.tar.gz" 2>&1 | tee "$OUT/gpu_check.txt"
     ;;
   record)
     LOG=${RECORD_LOG:-upstream/record.txt}
     [ -f "$LOG" ] || { echo "no record log at $LOG (see the head of this script)"; exit 2; }
-    "$PY" scripts/gpu_check.py --stages record --record-log "$LOG" --time-limit-s "${TIME_LIMIT_S:-540}" \
+    "$PY" -m scripts.gpu.check --stages record --record-log "$LOG" --time-limit-s "${TIME_LIMIT_S:-540}" \
       --budget record="${TIME_LIMIT_S:-540}" --archive "$OUT/gpu_record.tar.gz" 2>&1 | tee "$OUT/gpu_record.txt"
     ;;
   *)

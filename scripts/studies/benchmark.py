@@ -3,10 +3,10 @@ learning rate tuned the same way. This is the optimization track of modded-nanog
 (records/track_3_optimization: a fixed model, data and batch; the score is the length of a whole
 schedule that ends at the target), scaled down.
 
-    python scripts/benchmark.py --spec configs/benchmarks/cpu_shakespeare.toml   # CPU, 2 runs at once
-    python scripts/benchmark.py --spec configs/benchmarks/track3_fineweb.toml    # every GPU of the node
-    python scripts/benchmark.py --spec SPEC --dry-run    # each phase's runs and their status; runs nothing
-    python scripts/benchmark.py --spec SPEC --record     # at the end, keep it in records/<track>/<date>_<name>/
+    python -m scripts.studies.benchmark --spec configs/benchmarks/cpu_shakespeare.toml   # CPU, 2 runs at once
+    python -m scripts.studies.benchmark --spec configs/benchmarks/track3_fineweb.toml    # every GPU of the node
+    python -m scripts.studies.benchmark --spec SPEC --dry-run    # each phase's runs and their status; runs nothing
+    python -m scripts.studies.benchmark --spec SPEC --record     # at the end, keep it in records/<track>/<date>_<name>/
 
 The protocol (a spec, configs/benchmarks/*.toml, sets every number; cpu_shakespeare.toml documents
 every key):
@@ -45,7 +45,7 @@ Outputs in <out>/<name>/: the sweep's runs/, logs/ and failures/; spec.toml (a c
 results.csv (every run, with its phase); benchmark.json (every number of the table); table.md (the
 scores); loss_curves.png (validation loss against step of each optimizer's best lr at the largest
 budget, every seed); lr_search.png (final loss against lr, one panel per optimizer). --record copies
-the folder into records/<track>/<date>_<name>/ (scripts/records.py add-study) and regenerates
+the folder into records/<track>/<date>_<name>/ (scripts/records/ add-study) and regenerates
 records/README.md.
 """
 
@@ -65,21 +65,28 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from optimizers.registry import OPTIMIZERS  # noqa: E402
-from scripts import records  # noqa: E402
-from scripts.sweeps.results import collect_results, plot_lr_transfer, write_csv  # noqa: E402
-from scripts.sweeps.runner import (FINISHED, TRAIN_SCRIPT, Progress, Slot, Sweeper, SweepDir,  # noqa: E402
-                                   make_slots, runs_to_do)
-from scripts.sweeps.spec import (Axis, PlotSpec, SpecError, SweepSpec, check_spec, flatten, plan_runs,  # noqa: E402
-                                  read_toml)
-from scripts.sweep import _interrupt, parse_gpus  # noqa: E402
-from training.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from training.hardware import cpu_model  # noqa: E402
-from training.config import ConfigError, load_config, validate  # noqa: E402
-from training.exit_codes import EXIT_INTERRUPTED  # noqa: E402
+from common.atomic import atomic_write_json, atomic_write_text
+from common.errors import ConfigError
+from common.exit_codes import EXIT_INTERRUPTED
+from common.hardware import cpu_model
+from common.paths import REPO
+from optimizers.registry import OPTIMIZERS
+from scripts.records import book as records
+from scripts.studies.results import collect_results, plot_lr_transfer, write_csv
+from scripts.studies.runner import (
+    FINISHED,
+    TRAIN_SCRIPT,
+    Progress,
+    Slot,
+    SweepDir,
+    Sweeper,
+    interrupt_on_sigterm,
+    make_slots,
+    parse_gpus,
+    runs_to_do,
+)
+from scripts.studies.spec import Axis, PlotSpec, SpecError, SweepSpec, check_spec, flatten, plan_runs, read_toml
+from training.config import load_config, validate
 
 SPEC_KEYS = ("name", "base", "optimizers", "budgets", "seeds", "target", "reference", "search", "default_lr",
              "overrides", "extra", "slots", "gpus_per_run", "retries", "track")
@@ -326,7 +333,7 @@ class Context:
 
 
 def run_phase(ctx: Context, spec: SweepSpec, label: str) -> list[dict]:
-    """Run one phase's pending runs (none in a dry run) and return its rows (scripts/sweeps/results.py)."""
+    """Run one phase's pending runs (none in a dry run) and return its rows (scripts/studies/results.py)."""
     runs = plan_runs(spec)
     for run in runs:
         ctx.phases.setdefault(run.run_id, []).append(label)
@@ -622,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-script", type=Path, default=TRAIN_SCRIPT, help=argparse.SUPPRESS)  # tests
     args = parser.parse_args(argv)
     start = time.time()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         ctx = prepare(args)
         searched, search_rows_ = search(ctx)

@@ -1,8 +1,8 @@
 """Time each weight-norm constraint on the 124M model's hidden matrices, next to one Muon step, and write JSON.
 
-    python scripts/bench_constraints.py                                   # the 124M model, this device
-    python scripts/bench_constraints.py --methods spectral_hard_cap,hyperball --repeat 3 --out bench_c.json
-    python scripts/bench_constraints.py --config configs/smoke.toml       # a small model, for a quick look
+    python -m scripts.bench.constraints                                   # the 124M model, this device
+    python -m scripts.bench.constraints --methods spectral_hard_cap,hyperball --repeat 3 --out bench_c.json
+    python -m scripts.bench.constraints --config configs/smoke.toml       # a small model, for a quick look
 
 Builds the config's model (by default configs/speedrun_124m.toml) and takes its hidden matrices (the role
 "hidden": per attention block a merged (3, d, d) QKV weight and the (d, d) output projection, per block the MLP's
@@ -11,7 +11,7 @@ every method has something to do (the model zero-initializes its projections, an
 matrices). Each method runs through optimizers/constraints.apply_constraint on that list, batched by shape as the
 trainer will call it; the first call (cold power iteration) is reported on its own, then the median of
 `--repeat` calls after `--warmup`. Next to them: one step of Muon (the config's [optim.muon] settings, plus any
-dotted overrides given) on the same matrices with random gradients, timed like scripts/bench_optimizers.py.
+dotted overrides given) on the same matrices with random gradients, timed like scripts/bench/optimizers.py.
 On a CPU only the ratios mean anything.
 """
 
@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model import GPT  # noqa: E402
-from optimizers import build_optimizer  # noqa: E402
-from optimizers.constraints import CONSTRAINTS, ConstraintSettings, ConstraintState, apply_constraint  # noqa: E402
-from training.atomic import atomic_write_json  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.distributed import resolve_device  # noqa: E402
-from training.hardware import device_name, synchronize  # noqa: E402
+from common.atomic import atomic_write_json
+from common.hardware import device_name, synchronize
+from model import GPT
+from optimizers import build_optimizer
+from optimizers.constraints import CONSTRAINTS, ConstraintSettings, ConstraintState, apply_constraint
+from training.config import load_config
+from training.distributed import resolve_device
 
 
 def timed(fn, device, warmup: int, repeat: int) -> tuple[float, float]:
@@ -65,7 +61,7 @@ def random_hidden(model: GPT, max_norm: float, seed: int = 0) -> list[torch.nn.P
 
 
 def muon_step_ms(cfg_path: str, overrides: list[str], hidden, device, warmup: int, repeat: int) -> dict:
-    """One Muon step on the hidden matrices only (random gradients), as scripts/bench_optimizers.py times it."""
+    """One Muon step on the hidden matrices only (random gradients), as scripts/bench/optimizers.py times it."""
     ocfg = load_config(cfg_path, [*overrides, "--optim.name=muon"]).optim
     opt = build_optimizer({"hidden": hidden}, ocfg, device)
     g = torch.Generator().manual_seed(1)

@@ -1,8 +1,8 @@
 """Time one optimizer step of each optimizer against one forward+backward, and write JSON.
 
-    python scripts/bench_optimizers.py                                   # the 124M model, this device
-    python scripts/bench_optimizers.py --seq-len 1024 --out bench_opt_cpu.json   # a CPU-sized input
-    python scripts/bench_optimizers.py --config configs/smoke.toml
+    python -m scripts.bench.optimizers                                   # the 124M model, this device
+    python -m scripts.bench.optimizers --seq-len 1024 --out bench_opt_cpu.json   # a CPU-sized input
+    python -m scripts.bench.optimizers --config configs/smoke.toml
 
 Builds the config's model (by default configs/speedrun_124m.toml, so the parameter shapes are the
 124M model's), times forward+backward on one row of `--seq-len` tokens (default: the config's
@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model import GPT  # noqa: E402
-from optimizers import build_optimizer  # noqa: E402
-from training.atomic import atomic_write_json  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.distributed import resolve_device  # noqa: E402
-from training.hardware import device_name, synchronize  # noqa: E402
-from training.trainer import autocast  # noqa: E402
+from common.atomic import atomic_write_json
+from common.hardware import device_name, synchronize
+from model import GPT
+from optimizers import build_optimizer
+from training.config import load_config
+from training.distributed import resolve_device
+from training.trainer import autocast
 
 
 def timed(fn, device, warmup: int, repeat: int) -> float:

@@ -2,11 +2,11 @@
 summarized as results.csv and lr_transfer.png (final loss against learning rate, one curve per
 width, one panel per optimizer: the layout of Figure 1 of the Scion paper).
 
-    python scripts/sweep.py --spec configs/sweeps/smoke.toml                 # CPU: one run after another
-    python scripts/sweep.py --spec configs/sweeps/lr_transfer_fineweb.toml   # every GPU of the node
-    python scripts/sweep.py --spec SPEC --dry-run          # the plan: each run, its status, its overrides
-    python scripts/sweep.py --spec SPEC --retry-failed     # also re-run the runs that failed
-    python scripts/sweep.py --spec SPEC --gpus 0,1,2,3     # only these GPUs
+    python -m scripts.studies.sweep --spec configs/sweeps/smoke.toml                 # CPU: one run after another
+    python -m scripts.studies.sweep --spec configs/sweeps/lr_transfer_fineweb.toml   # every GPU of the node
+    python -m scripts.studies.sweep --spec SPEC --dry-run          # the plan: each run, its status, its overrides
+    python -m scripts.studies.sweep --spec SPEC --retry-failed     # also re-run the runs that failed
+    python -m scripts.studies.sweep --spec SPEC --gpus 0,1,2,3     # only these GPUs
 
 A spec names a base config, overrides for every run, axes (config keys and their values; the runs
 are every combination), extra overrides that go with an axis value, and how many GPUs one run
@@ -36,16 +36,23 @@ import signal
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from scripts.sweeps.results import write_results  # noqa: E402
-from scripts.sweeps.runner import (FINISHED, TRAIN_SCRIPT, Progress, Slot, Sweeper, SweepDir, detect_gpus,  # noqa: E402
-                                   launch_command, make_slots, runs_to_do)
-from scripts.sweeps.spec import PlannedRun, SpecError, SweepSpec, load_spec, plan_runs  # noqa: E402
-from training.config import toml_value  # noqa: E402
-from training.exit_codes import EXIT_INTERRUPTED  # noqa: E402
-
+from common.exit_codes import EXIT_INTERRUPTED
+from scripts.studies.results import write_results
+from scripts.studies.runner import (
+    FINISHED,
+    TRAIN_SCRIPT,
+    Progress,
+    Slot,
+    SweepDir,
+    Sweeper,
+    interrupt_on_sigterm,
+    launch_command,
+    make_slots,
+    parse_gpus,
+    runs_to_do,
+)
+from scripts.studies.spec import PlannedRun, SpecError, SweepSpec, load_spec, plan_runs
+from training.config import toml_value
 
 # ----------------------------------------------------------------------------------------------
 # Command line
@@ -74,12 +81,6 @@ def describe_plan(spec: SweepSpec, sweep: SweepDir, runs: list[PlannedRun], stat
         own = [o for o in run.overrides if o not in fixed]
         lines.append(f"  {action:<14} {run.run_id:<40} {' '.join(own)}")
     return "\n".join(lines)
-
-
-def parse_gpus(text: str | None) -> list[str]:
-    if text is None:
-        return detect_gpus()
-    return [] if text.strip().lower() in ("", "none", "cpu") else [g.strip() for g in text.split(",") if g.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep {spec.name}: {len(runs)} runs, {progress.done} already finished, {len(todo)} to run on "
           f"{len(slots)} slot(s) ({', '.join(map(str, slots))})"
           + (f"; {skipped_failures} failed run(s) left alone (--retry-failed)" if skipped_failures else ""))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         finished = Sweeper(spec, sweep, slots, progress, args.train_script, retries=args.retries).run_all(todo)
     finally:
@@ -123,11 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     if not finished:
         return EXIT_INTERRUPTED
     return 1 if progress.failed else 0
-
-
-def _interrupt(_signum, _frame):
-    """SIGTERM stops the sweep like Ctrl-C."""
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ with a readable run id and its config overrides (see configs/sweeps/smoke.toml f
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
+
+from common.paths import REPO
 from training.config import toml_value
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC_KEYS = ("name", "base", "gpus_per_run", "retries", "overrides", "axes", "extra", "plot")
 SWEEP_OWNED_KEYS = ("log.dir", "log.run_id", "checkpoint.resume")
 

@@ -3,9 +3,9 @@ validation accuracy against log10 of the final Lipschitz bound (model/lipschitz.
 (optimizer, constraint method) - the main figure of Newhouse et al., "Training Transformers with Enforced
 Lipschitz Constants" (2025). Method "none" is the weight-decay baseline: its curve runs over weight decay.
 
-    python scripts/sweep.py --spec configs/sweeps/lipschitz_shakespeare.toml                # the runs
-    python scripts/sweeps/lipschitz_plot.py --spec configs/sweeps/lipschitz_shakespeare.toml  # the figure
-    python scripts/records.py add-study sweeps/lipschitz_shakespeare --track cpu-shakespeare --name NAME \
+    python -m scripts.studies.sweep --spec configs/sweeps/lipschitz_shakespeare.toml                # the runs
+    python -m scripts.studies.lipschitz_plot --spec configs/sweeps/lipschitz_shakespeare.toml  # the figure
+    python -m scripts.records add-study sweeps/lipschitz_shakespeare --track cpu-shakespeare --name NAME \
         --kind sweep --spec configs/sweeps/lipschitz_shakespeare.toml                    # keep it as a record
 
 Writes lipschitz.csv (one row per run: its axis values, status, final val accuracy and loss, bound),
@@ -24,12 +24,9 @@ import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from scripts.sweeps.runner import SweepDir  # noqa: E402
-from scripts.sweeps.spec import PlannedRun, SpecError, load_spec, plan_runs  # noqa: E402
-from training.atomic import atomic_write_text  # noqa: E402
+from common.atomic import atomic_write_text
+from scripts.studies.runner import SweepDir
+from scripts.studies.spec import PlannedRun, SpecError, load_spec, plan_runs
 
 CURVE_KEYS = ("optim.name", "constraint.method")
 
@@ -103,7 +100,7 @@ def write_table(rows: list[dict], path: Path) -> Path:
 
 def summarize(rows: list[dict], path: Path) -> Path:
     """lipschitz.json: every curve's points and a headline (each curve's most accurate run and its bound),
-    which `scripts/records.py add-study` shows in the records table."""
+    which `python -m scripts.records add-study` shows in the records table."""
     lines = curves(rows)
     best = {f"{o}+{'weight_decay' if m == 'none' else m}": max(points, key=lambda p: p[1])
             for (o, m), points in lines.items()}

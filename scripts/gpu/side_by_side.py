@@ -1,10 +1,10 @@
 """The record's own training script and ours on the same GPU, the same shards, the same tokens per GPU
 per step and the same number of steps: both ms/step and their ratio.
 
-    python3 scripts/side_by_side.py \\
+    python3 -m scripts.gpu.side_by_side \\
         --record-log modded-nanogpt/records/track_1_short/2025-01-26_BatchSize/0bdd5ee9-ac28-4202-bdf1-c906b102b0ec.txt
-    python3 scripts/side_by_side.py --record-log LOG --steps 200 --out side_by_side.json
-    python3 scripts/side_by_side.py --record-log LOG --train-files 'data/fineweb10B/fineweb_train_00000[1-2].bin' \\
+    python3 -m scripts.gpu.side_by_side --record-log LOG --steps 200 --out side_by_side.json
+    python3 -m scripts.gpu.side_by_side --record-log LOG --train-files 'data/fineweb10B/fineweb_train_00000[1-2].bin' \\
         --val-files 'data/fineweb10B/fineweb_val_*.bin'
 
 The record's code is never part of this repository. A modded-nanogpt record log begins with the full
@@ -49,12 +49,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from scripts.gpu_check import (  # noqa: E402
-    EXIT_NO_GPU, cuda_available, exit_on_sigterm, no_gpu_message, run_logged, tail)
-from training.atomic import atomic_write_json  # noqa: E402
+from common.atomic import atomic_write_json
+from common.paths import REPO
+from scripts.gpu.running import EXIT_NO_GPU, cuda_available, exit_on_sigterm, no_gpu_message, run_logged, tail
 
 SEPARATOR = "=" * 100  # the record prints its code, then this line
 SCRIPT_NAME = "record_train_gpt.py"

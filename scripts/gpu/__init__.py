@@ -1,0 +1,1 @@
+"""What only a GPU can tell: the prepared check (check.py, first_run.sh) and the record side by side."""
