@@ -23,7 +23,7 @@ import torch
 
 from common.errors import CheckpointError, ConfigError, DataError, DataNotFoundError, ShardError
 from common.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from training import distributed
+from distributed import process_group as distributed
 from training.config import load_config, to_toml, validate
 from training.trainer import train
 

@@ -10,7 +10,8 @@ AdamW, for each tensor W with gradient g, at step t (from 1):
 torch's foreach kernels, in the same order of operations (the same numbers); `adamw_fused` with
 torch's fused AdamW kernel (one pass over each tensor instead of about seven: used on CUDA, where
 the embeddings' passes cost), equal to the reference up to rounding (√v/√(1 − β2ᵗ) instead of
-√(v/(1 − β2ᵗ))). The state of a tensor is {"step": int, "exp_avg", "exp_avg_sq"} in all three.
+√(v/(1 − β2ᵗ))). The state of a tensor is {"step": int, "exp_avg", "exp_avg_sq"} in all three. A group's (β1, β2) and ε are
+its "adam_betas" and "adam_eps" (the settings of Muon, NorMuon and Shampoo name them so).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from optimizers.prodigy import PRODIGY, ProdigyConfig, prodigy_group_settings, prodigy_step
+from optimizers.prodigy import PRODIGY, ProdigyConfig, prodigy_metrics, prodigy_step
 from optimizers.spec import ADAMW
 
 # The roles Muon (and NorMuon, Shampoo) do not orthogonalize: AdamW (role norm "adamw"), or Prodigy (role norm
@@ -102,8 +103,20 @@ def auxiliary_step(group: dict, state: dict) -> None:
     if not params:
         return
     step = adamw_fused if params[0].is_cuda else adamw_foreach
-    step(params, [p.grad for p in params], [state[p] for p in params], group["lr"], group["betas"], group["eps"],
-         group["weight_decay"])
+    step(params, [p.grad for p in params], [state[p] for p in params], group["lr"], group["adam_betas"],
+         group["adam_eps"], group["weight_decay"])
+
+
+def auxiliary_metrics(groups: list[dict]) -> dict[str, float]:
+    """The distance estimate d of each Prodigy group (empty without one)."""
+    return prodigy_metrics([g for g in groups if g["algorithm"] == PRODIGY])
+
+
+def decayed_step(group: dict, p: Tensor, update: Tensor) -> None:
+    """W <- (1 − lr·λ)·W − lr·U: the step of Muon, NorMuon and Shampoo, given their update U."""
+    if group["weight_decay"]:
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+    p.add_(update.to(p.dtype), alpha=-group["lr"])
 
 
 def role_groups(groups: list[dict], matrix_algorithm: str) -> list[dict]:
@@ -114,5 +127,5 @@ def role_groups(groups: list[dict], matrix_algorithm: str) -> list[dict]:
         g["algorithm"] = matrix_algorithm if norm == "spectral" else norm
         g.pop("scale")
         if norm == PRODIGY:
-            g.update(prodigy_group_settings(ProdigyConfig()))
+            g.update(ProdigyConfig().group_settings())
     return groups

@@ -21,6 +21,14 @@ class Optimizer(torch.optim.Optimizer):
     def update(self) -> None:
         raise NotImplementedError
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, then every group completed with the defaults it lacks (a checkpoint of an older version
+        has only the keys its groups had then)."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
     @staticmethod
     def holds_state_in_grad(group: dict) -> bool:
         """True for groups that keep optimizer state in p.grad (the trainer must not reset it)."""

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optimizers.auxiliary import AUXILIARY, auxiliary_step, role_groups
+from optimizers.auxiliary import AUXILIARY, auxiliary_metrics, auxiliary_step, decayed_step, role_groups
 from optimizers.orthogonalize import orthogonalize
-from optimizers.prodigy import PRODIGY, prodigy_metrics
-from optimizers.sharded import ShardableOptimizer
+from optimizers.prodigy import PRODIGY
+from optimizers.shardable import ShardableOptimizer
 from optimizers.spec import (
     ADAMW,
     MomentumWarmup,
@@ -45,6 +45,7 @@ from optimizers.spec import (
     check_choice,
     check_positive,
     check_range,
+    group_defaults,
 )
 
 SHAPE_SCALES = ("muon", "spectral", "adamw")
@@ -86,9 +87,6 @@ class MuonConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
         check_positive("adam_eps", self.adam_eps)
 
 
-_D = MuonConfig()
-
-
 def shape_scale(kind: str, d_out: int, d_in: int) -> float:
     if kind == "muon":
         return max(1.0, d_out / d_in) ** 0.5
@@ -99,29 +97,38 @@ def shape_scale(kind: str, d_out: int, d_in: int) -> float:
     raise ValueError(f"unknown shape scaling {kind!r}; choose from {', '.join(SHAPE_SCALES)}")
 
 
-def muon_direction(grad: Tensor, buf: Tensor, beta: float, nesterov: bool) -> Tensor:
-    """Update the momentum buffer in place; return the direction D to orthogonalize."""
-    buf.lerp_(grad, 1 - beta)
-    return grad.lerp(buf, beta) if nesterov else buf.clone()
+def muon_update(grads: list[Tensor], momenta: list[Tensor], momentum: float, nesterov: bool, method: str,
+                steps: int, backend: str, scaling: str) -> Tensor:
+    """Muon's update of same-shape matrices, as one stacked batch (the momentum buffers updated in place):
+
+        M <- β·M + (1 − β)·G
+        D <- (1 − β)·G + β·M   (Nesterov)   or   D <- M
+        U = s(d_out, d_in) · orth(D)
+
+    orth: the orthogonalization `method` with `steps` iterations (0: its default), optimizers/orthogonalize.py;
+    s: the shape `scaling` (module docstring). The step is W <- (1 − lr·λ)·W − lr·U (`Muon.apply_update`).
+    On CUDA orth(D) stays in bf16 (no round trip to fp32 before the bf16 gather of the sharded step)."""
+    directions = []
+    for g, m in zip(grads, momenta):
+        m.lerp_(g, 1 - momentum)
+        directions.append(g.lerp(m, momentum) if nesterov else m.clone())
+    U = orthogonalize(torch.stack(directions), method, steps or None, backend=backend, keep_dtype=True)
+    return U * shape_scale(scaling, U.size(-2), U.size(-1))
 
 
 class Muon(ShardableOptimizer):
-    """Muon for groups with algorithm="muon" (the default), AdamW for groups with algorithm="adamw".
+    """Muon for groups with algorithm="muon" (the default), the auxiliary AdamW for algorithm="adamw", Prodigy
+    for "prodigy" (optimizers/auxiliary.py).
 
-    Args (defaults for every group; a group may override any of them):
-        lr, momentum (β), nesterov, weight_decay (λ)
-        method, steps, backend: the orthogonalization (see optimizers/orthogonalize.py)
-        shape_scale: "muon" | "spectral" | "adamw"
-        betas, eps: the AdamW groups' (β1, β2) and ε
+    Args: lr, and as keywords any of MuonConfig's group fields (momentum, nesterov, orthogonalize, ns_steps,
+    backend, shape_scale, adam_betas, adam_eps), weight_decay (λ) and algorithm: the defaults of every
+    group, MuonConfig's (a group may override any of them).
     """
 
-    def __init__(self, params, lr: float = LR, momentum: float = _D.momentum, nesterov: bool = _D.nesterov,
-                 weight_decay: float = 0.0, method: str = _D.orthogonalize, steps: int | None = None,
-                 backend: str = _D.backend, shape_scale: str = _D.shape_scale, betas=_D.adam_betas,
-                 eps: float = _D.adam_eps):
-        defaults = dict(algorithm="muon", lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                        method=method, steps=steps, backend=backend, shape_scale=shape_scale, betas=betas, eps=eps)
-        super().__init__(params, defaults)
+    settings_class = MuonConfig
+
+    def __init__(self, params, lr: float = LR, **settings):
+        super().__init__(params, group_defaults(self.settings_class, lr, settings, algorithm="muon", weight_decay=0.0))
         for group in self.param_groups:
             if group["algorithm"] not in ("muon", *AUXILIARY):
                 raise ValueError(f"Muon param group algorithm must be 'muon', 'adamw' or 'prodigy', "
@@ -132,25 +139,19 @@ class Muon(ShardableOptimizer):
                         raise ValueError(f"Muon orthogonalizes matrices; a parameter of shape {tuple(p.shape)} "
                                          f"belongs in an 'adamw' group")
 
-    # The step's three parts (optimizers/sharded.py, ShardableOptimizer): `updates` (momentum +
-    # orthogonalization), `apply_update` and `step_replicated` (the AdamW groups).
+    # The step's three parts (optimizers/shardable.py, ShardableOptimizer): `updates` (muon_update),
+    # `apply_update` and `step_replicated` (the auxiliary groups).
 
     def is_sharded(self, group: dict) -> bool:
         """Groups whose matrices are orthogonalized by their owner rank only."""
         return group["algorithm"] == "muon"
 
     def updates(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """Scaled, orthogonalized updates for same-shape params (momentum state updated), computed
-        as one batch."""
-        directions = []
-        for p, g in zip(params, grads):
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(g)
-            directions.append(muon_direction(g, state["momentum_buffer"], group["momentum"], group["nesterov"]))
-        U = orthogonalize(torch.stack(directions), group["method"], group["steps"], backend=group["backend"],
-                          keep_dtype=True)  # bf16 on CUDA: no round trip to fp32 before the bf16 gather
-        return list((U * shape_scale(group["shape_scale"], U.size(-2), U.size(-1))).unbind(0))
+        """`muon_update` of same-shape params, one batch."""
+        momenta = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(g)) for p, g in zip(params, grads)]
+        U = muon_update(grads, momenta, group["momentum"], group["nesterov"], group["orthogonalize"],
+                        group["ns_steps"], group["backend"], group["shape_scale"])
+        return list(U.unbind(0))
 
     def gather_dtype(self, group: dict, grad: Tensor) -> torch.dtype:
         """bf16 on CUDA, as the records gather Muon's updates: half the bytes of fp32 (Newton-Schulz works in
@@ -159,9 +160,7 @@ class Muon(ShardableOptimizer):
 
     @staticmethod
     def apply_update(group: dict, p: Tensor, update: Tensor) -> None:
-        if group["weight_decay"]:
-            p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update.to(p.dtype), alpha=-group["lr"])
+        decayed_step(group, p, update)
 
     def step_replicated(self) -> None:
         """The auxiliary groups (optimizers/auxiliary.py): AdamW's, Prodigy's."""
@@ -171,14 +170,12 @@ class Muon(ShardableOptimizer):
 
     def metrics(self) -> dict[str, float]:
         """The distance estimate d of each Prodigy role (empty without one)."""
-        return prodigy_metrics([g for g in self.param_groups if g["algorithm"] == PRODIGY])
+        return auxiliary_metrics(self.param_groups)
 
 
 def build(groups: list[dict], s: MuonConfig, device: torch.device) -> Muon:
     """One group per role: the "spectral" role (hidden) is Muon's, the others its AdamW's or Prodigy's."""
-    role_groups(groups, "muon")
-    return Muon(groups, momentum=s.momentum, nesterov=s.nesterov, method=s.orthogonalize, steps=s.ns_steps or None,
-                backend=s.backend, shape_scale=s.shape_scale, betas=tuple(s.adam_betas), eps=s.adam_eps)
+    return Muon(role_groups(groups, "muon"), **s.group_settings())
 
 
 SPEC = OptimizerSpec(

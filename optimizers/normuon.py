@@ -73,17 +73,14 @@ def normuon_normalize(U: Tensor, v: Tensor, beta2: float, eps: float, axis: int)
 
 
 class NorMuon(Muon):
-    """Muon (every argument of Muon) whose "muon" groups also normalize their updates: beta2,
-    normalize, normalize_eps (defaults for every group; a group may override them)."""
+    """Muon (every argument of Muon) whose "muon" groups also normalize their updates: beta2, normalize,
+    normalize_eps; every default NorMuonConfig's (a group may override any)."""
 
-    def __init__(self, params, beta2: float = NorMuonConfig.beta2, normalize: str = NorMuonConfig.normalize,
-                 normalize_eps: float = NorMuonConfig.normalize_eps, **muon_args):
-        super().__init__(params, **muon_args)
-        extra = dict(beta2=beta2, normalize=normalize, normalize_eps=normalize_eps)
-        self.defaults.update(extra)
+    settings_class = NorMuonConfig
+
+    def __init__(self, params, lr: float = LR, **settings):
+        super().__init__(params, lr, **settings)
         for group in self.param_groups:
-            for key, value in extra.items():
-                group.setdefault(key, value)
             if group["normalize"] not in NORMALIZE:
                 raise ValueError(f"unknown normalize {group['normalize']!r}; choose from {', '.join(NORMALIZE)}")
 
@@ -113,10 +110,7 @@ class NorMuon(Muon):
 
 def build(groups: list[dict], s: NorMuonConfig, device: torch.device) -> NorMuon:
     """As Muon's build: hidden is NorMuon's, the other roles its auxiliary AdamW or Prodigy."""
-    role_groups(groups, "muon")
-    return NorMuon(groups, beta2=s.beta2, normalize=s.normalize, normalize_eps=s.normalize_eps, momentum=s.momentum,
-                   nesterov=s.nesterov, method=s.orthogonalize, steps=s.ns_steps or None, backend=s.backend,
-                   shape_scale=s.shape_scale, betas=tuple(s.adam_betas), eps=s.adam_eps)
+    return NorMuon(role_groups(groups, "muon"), **s.group_settings())
 
 
 SPEC = OptimizerSpec(

@@ -28,13 +28,21 @@ auxiliary roles too (role norm "prodigy").
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from model.roles import ROLES
 from optimizers.base import Optimizer
-from optimizers.spec import OptimizerSettings, OptimizerSpec, OptionError, Role, check_positive, check_range
+from optimizers.spec import (
+    OptimizerSettings,
+    OptimizerSpec,
+    OptionError,
+    Role,
+    check_positive,
+    check_range,
+    group_defaults,
+)
 
 PRODIGY = "prodigy"  # a role "norm" that means: a Prodigy step (Adam-like: ℓ∞ steepest descent without EMAs)
 LR = 1.0  # optim.lr: a multiplier of the learned step size d (the paper: leave it at 1)
@@ -73,14 +81,6 @@ class ProdigyConfig(OptimizerSettings):
         check_positive("d_coef", self.d_coef)
         if self.growth_rate is not None and not (math.isfinite(self.growth_rate) and self.growth_rate >= 1.0):
             raise OptionError("growth_rate", f"must be a finite number >= 1 (1 freezes d), got {self.growth_rate}")
-
-
-def prodigy_group_settings(s: ProdigyConfig) -> dict:
-    """The param-group keys of Prodigy's settings (the roles' lr and weight decay come separately)."""
-    return {k: v for k, v in asdict(s).items() if k not in ROLES}
-
-
-_D = ProdigyConfig()
 
 
 @torch.no_grad()
@@ -125,13 +125,8 @@ class Prodigy(Optimizer):
     """Prodigy for every param group, each with its own d (Args: the fields of ProdigyConfig, plus
     lr and weight_decay; a group may override any)."""
 
-    def __init__(self, params, lr: float = LR, weight_decay: float = 0.0, betas=_D.betas, beta3=_D.beta3,
-                 eps: float = _D.eps, d0: float = _D.d0, d_coef: float = _D.d_coef, growth_rate=_D.growth_rate,
-                 use_bias_correction: bool = _D.use_bias_correction, safeguard_warmup: bool = _D.safeguard_warmup):
-        defaults = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), beta3=beta3, eps=eps, d0=d0,
-                        d_coef=d_coef, growth_rate=growth_rate, use_bias_correction=use_bias_correction,
-                        safeguard_warmup=safeguard_warmup)
-        super().__init__(params, defaults)
+    def __init__(self, params, lr: float = LR, **settings):
+        super().__init__(params, group_defaults(ProdigyConfig, lr, settings, weight_decay=0.0))
 
     def update(self) -> None:
         for group in self.param_groups:
@@ -145,7 +140,7 @@ class Prodigy(Optimizer):
 def build(groups: list[dict], s: ProdigyConfig, device: torch.device) -> Prodigy:
     for g in groups:
         del g["norm"], g["scale"]
-    return Prodigy(groups, **prodigy_group_settings(s))
+    return Prodigy(groups, **s.group_settings())
 
 
 SPEC = OptimizerSpec(

@@ -32,8 +32,16 @@ from torch import Tensor
 
 from model.roles import ROLES
 from optimizers.norms import NORMS
-from optimizers.sharded import ShardableOptimizer
-from optimizers.spec import MomentumWarmup, OptimizerSettings, OptimizerSpec, OptionError, Orthogonalizes, Role
+from optimizers.shardable import ShardableOptimizer
+from optimizers.spec import (
+    MomentumWarmup,
+    OptimizerSettings,
+    OptimizerSpec,
+    OptionError,
+    Orthogonalizes,
+    Role,
+    group_defaults,
+)
 
 LR = 2.0**-12  # optim.lr: every role's step size γ
 
@@ -62,6 +70,7 @@ class ScionConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
 
     role_norms = {role: tuple(NORMS) for role in ROLES}
     role_rule = "is not a norm: Scion trains every role with a norm's LMO, and AdamW has none"
+    not_group_keys = (*MomentumWarmup.not_group_keys, "scion_init")
 
     def check(self) -> None:
         super().check()
@@ -74,23 +83,40 @@ class ScionConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
                                   "weight decay")
 
 
-_D = ScionConfig()
+def scion_update(momenta: list[Tensor], grads: list[Tensor] | None, momentum: float, norm: str, transposed: bool,
+                 method: str, steps: int, backend: str) -> list[Tensor]:
+    """Scion's directions for same-shape tensors (the momenta updated in place):
+
+        d <- β·d + (1 − β)·g          (grads None: d already is the light variant's β·d + g)
+        dir(d)                        the unit steepest direction in the norm: lmo(d) = −ρ·dir(d)
+
+    The step (`Scion.apply_update`): x <- (1 − γ)·x − γρ·dir(d) (SCG), or x <- (1 − γλ)·x − γρ·dir(d)
+    (uSCG). Matrices are stacked into one batch (every norm treats a batch of matrices matrix by matrix),
+    vectors go one by one; `transposed` hands (vocab, dim) tables to the norm as (dim, vocab); the
+    spectral norm's direction is an orthogonalization (`method`, `steps` (0: its default), `backend`)."""
+    if grads is not None:
+        for d, g in zip(momenta, grads):
+            d.lerp_(g, 1 - momentum)
+    unit = NORMS[norm]
+    kw = dict(method=method, steps=steps or None, backend=backend) if unit.name == "spectral" else {}
+
+    def direction(d: Tensor) -> Tensor:
+        u = unit.direction(d.mT if transposed else d, **kw)
+        return u.mT if transposed else u
+
+    if momenta[0].ndim < 2:
+        return [direction(d) for d in momenta]
+    return list(direction(torch.stack(momenta)).unbind(0))
 
 
 class Scion(ShardableOptimizer):
-    """Args (defaults for every group; a group may override any):
-        lr (γ), momentum (β), norm (a NORMS key), scale (ρ), constrained, weight_decay (λ, uSCG only),
-        transposed, method/steps/backend (orthogonalization of the spectral norm), light.
-    """
+    """Args: lr (γ), and as keywords any of ScionConfig's group fields (momentum (β), constrained, light,
+    orthogonalize, ns_steps, backend) and norm (a NORMS key), scale (ρ), weight_decay (λ, uSCG only),
+    transposed: the defaults of every group (ScionConfig's; a group may override any)."""
 
-    def __init__(self, params, lr: float = LR, momentum: float = _D.momentum, norm: str = "spectral",
-                 scale: float = 1.0, constrained: bool = _D.constrained, weight_decay: float = 0.0,
-                 transposed: bool = False, method: str = _D.orthogonalize, steps: int | None = None,
-                 backend: str = _D.backend, light: bool = _D.light):
-        defaults = dict(lr=lr, momentum=momentum, norm=norm, scale=scale, constrained=constrained,
-                        weight_decay=weight_decay, transposed=transposed, method=method, steps=steps,
-                        backend=backend, light=light)
-        super().__init__(params, defaults)
+    def __init__(self, params, lr: float = LR, **settings):
+        super().__init__(params, group_defaults(ScionConfig, lr, settings, norm="spectral", scale=1.0,
+                                                weight_decay=0.0, transposed=False))
         for group in self.param_groups:
             if group["norm"] not in NORMS:
                 raise ValueError(f"unknown norm {group['norm']!r}; choose from {', '.join(NORMS)}")
@@ -107,15 +133,7 @@ class Scion(ShardableOptimizer):
         """The light variant's groups keep their momentum in p.grad."""
         return group["light"]
 
-    def direction(self, group: dict, d: Tensor) -> Tensor:
-        """The unit steepest direction of d under the group's norm, in the parameter's layout."""
-        norm = NORMS[group["norm"]]
-        m = d.mT if group["transposed"] else d
-        kw = dict(method=group["method"], steps=group["steps"], backend=group["backend"]) if norm.name == "spectral" else {}
-        u = norm.direction(m, **kw)
-        return u.mT if group["transposed"] else u
-
-    # The step's three parts (optimizers/sharded.py, ShardableOptimizer): `updates` (momentum +
+    # The step's three parts (optimizers/shardable.py, ShardableOptimizer): `updates` (momentum +
     # direction), `apply_update` and `step_replicated` (the groups in cheap elementwise norms, and
     # the light variant's spectral groups).
 
@@ -124,12 +142,10 @@ class Scion(ShardableOptimizer):
         return group["norm"] == "spectral" and not group["light"]
 
     def updates(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """Unit directions for same-shape params (momentum state updated); matrices are stacked into
-        one batch (every norm treats a batch of matrices matrix by matrix), vectors go one by one."""
-        ds = [self._momentum(group, p, g) for p, g in zip(params, grads)]
-        if params[0].ndim < 2:
-            return [self.direction(group, d) for d in ds]
-        return list(self.direction(group, torch.stack(ds)).unbind(0))
+        """`scion_update` of same-shape params (their momentum state updated)."""
+        momenta = [self._momentum_buffer(group, p, g) for p, g in zip(params, grads)]
+        return scion_update(momenta, None if group["light"] else grads, group["momentum"], group["norm"],
+                            group["transposed"], group["orthogonalize"], group["ns_steps"], group["backend"])
 
     @staticmethod
     def apply_update(group: dict, p: Tensor, direction: Tensor) -> None:
@@ -152,17 +168,16 @@ class Scion(ShardableOptimizer):
                 if p.grad is not None:
                     p.grad.mul_(group["momentum"])
 
-    def _momentum(self, group: dict, p: Tensor, grad: Tensor) -> Tensor:
-        state, beta = self.state[p], group["momentum"]
+    def _momentum_buffer(self, group: dict, p: Tensor, grad: Tensor) -> Tensor:
+        """p's momentum d: its own buffer, or (light) p.grad, which holds β·d + g."""
+        state = self.state[p]
         if group["light"]:  # grad is p.grad, which holds the momentum
             buf = state.get("momentum_buffer")
             if buf is not None and buf is not grad:  # the grad was reset (or state was loaded)
                 grad.add_(buf)
             state["momentum_buffer"] = grad  # the same tensor: saved with the state, no extra memory
             return grad
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(grad)
-        return state["momentum_buffer"].lerp_(grad, 1 - beta)
+        return state.setdefault("momentum_buffer", torch.zeros_like(grad))
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Also put the light variant's momentum back into p.grad, where the next backward
@@ -176,7 +191,7 @@ class Scion(ShardableOptimizer):
                         continue
                     if p.grad is None:
                         p.grad = state["momentum_buffer"]
-                    else:  # keep the tensor p.grad is (a view into a gradient bucket, optimizers/grad_sync.py)
+                    else:  # keep the tensor p.grad is (a view into a gradient bucket, distributed/grad_sync.py)
                         p.grad.copy_(state["momentum_buffer"])
                         state["momentum_buffer"] = p.grad
 
@@ -196,8 +211,7 @@ def build(groups: list[dict], s: ScionConfig, device: torch.device) -> Scion:
     from one-hot vectors, handed to their norm transposed."""
     for g in groups:
         g["transposed"] = g["role"] == "embed"
-    opt = Scion(groups, momentum=s.momentum, constrained=s.constrained, method=s.orthogonalize,
-                steps=s.ns_steps or None, backend=s.backend, light=s.light)
+    opt = Scion(groups, **s.group_settings())
     if s.scion_init:
         opt.init_parameters()
     return opt

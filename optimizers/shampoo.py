@@ -21,7 +21,7 @@ Without averages (β1 = β2 = 0), f = 1, p = −1/4 and no grafting, Shampoo is 
 Lᵖ G Rᵖ = U S^(−1/2) S S^(−1/2) Vᵀ = U Vᵀ, Muon's direction with momentum 0 and exact
 orthogonalization (one-sided p = −1/2 gives the same).
 
-The hidden matrices are sharded across ranks as Muon's are (optimizers/sharded.py): the owner of a
+The hidden matrices are sharded across ranks as Muon's are (distributed/sharding.py): the owner of a
 matrix keeps its momentum, factors and roots, and checkpoints gather them (`sharded_state`).
 Other roles: Muon's auxiliary AdamW, or Prodigy (role norm "prodigy", optimizers/prodigy.py).
 
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optimizers.auxiliary import AUXILIARY, auxiliary_step, role_groups
-from optimizers.muon import Muon, MuonConfig
+from optimizers.auxiliary import AUXILIARY, auxiliary_metrics, auxiliary_step, decayed_step, role_groups
+from optimizers.muon import MuonConfig
 from optimizers.prodigy import PRODIGY
-from optimizers.sharded import ShardableOptimizer
+from optimizers.shardable import ShardableOptimizer
 from optimizers.spec import (
     ADAMW,
     OptimizerSettings,
@@ -48,6 +48,7 @@ from optimizers.spec import (
     check_choice,
     check_positive,
     check_range,
+    group_defaults,
 )
 
 LR = 0.0015  # optim.lr: the hidden matrices' learning rate (track-3 result #21)
@@ -107,9 +108,6 @@ class ShampooConfig(OptimizerSettings):
         for i, beta in enumerate(self.adam_betas):
             check_range(f"adam_betas[{i}]", beta, 0.0, 1.0)
         check_positive("adam_eps", self.adam_eps)
-
-
-_D = ShampooConfig()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,22 +207,14 @@ class Shampoo(ShardableOptimizer):
     """Shampoo for groups with algorithm="shampoo" (the default), AdamW for algorithm="adamw" and
     Prodigy for algorithm="prodigy" (with that group's Prodigy settings).
 
-    Args (defaults for every group; a group may override any of them): lr, momentum (β1),
-    factor_beta (β2), power, one_sided, precondition_frequency (f), epsilon (ε), bias_correction,
-    graft, graft_beta2, graft_eps, root_method, weight_decay (λ); betas and eps: the AdamW groups'.
+    Args: lr, and as keywords any of ShampooConfig's group fields (momentum (β1), factor_beta (β2), power,
+    one_sided, precondition_frequency (f), epsilon (ε), bias_correction, graft, graft_beta2, graft_eps,
+    root_method, adam_betas and adam_eps: the AdamW groups'), weight_decay (λ) and algorithm: the defaults of
+    every group, ShampooConfig's (a group may override any of them).
     """
 
-    def __init__(self, params, lr: float = LR, momentum: float = _D.momentum, factor_beta: float = _D.factor_beta,
-                 power: float = _D.power, one_sided: bool = _D.one_sided,
-                 precondition_frequency: int = _D.precondition_frequency, epsilon: float = _D.epsilon,
-                 bias_correction: bool = _D.bias_correction, graft: str = _D.graft, graft_beta2: float = _D.graft_beta2,
-                 graft_eps: float = _D.graft_eps, root_method: str = _D.root_method, weight_decay: float = 0.0,
-                 betas=_D.adam_betas, eps: float = _D.adam_eps):
-        defaults = dict(algorithm="shampoo", lr=lr, momentum=momentum, factor_beta=factor_beta, power=power,
-                        one_sided=one_sided, precondition_frequency=precondition_frequency, epsilon=epsilon,
-                        bias_correction=bias_correction, graft=graft, graft_beta2=graft_beta2, graft_eps=graft_eps,
-                        root_method=root_method, weight_decay=weight_decay, betas=betas, eps=eps)
-        super().__init__(params, defaults)
+    def __init__(self, params, lr: float = LR, **settings):
+        super().__init__(params, group_defaults(ShampooConfig, lr, settings, algorithm="shampoo", weight_decay=0.0))
         for group in self.param_groups:
             if group["algorithm"] not in ("shampoo", *AUXILIARY):
                 raise ValueError(f"Shampoo param group algorithm must be 'shampoo', 'adamw' or 'prodigy', "
@@ -237,7 +227,7 @@ class Shampoo(ShardableOptimizer):
                         raise ValueError(f"Shampoo preconditions matrices; a parameter of shape {tuple(p.shape)} "
                                          f"belongs in an 'adamw' group")
 
-    # The step's three parts (optimizers/sharded.py): `updates` (the owner's Shampoo steps),
+    # The step's three parts (distributed/sharding.py): `updates` (the owner's Shampoo steps),
     # `apply_update` (Muon's: decay, then the step) and `step_replicated` (the other groups, and the
     # Shampoo groups' step counter, which every rank keeps).
 
@@ -266,7 +256,7 @@ class Shampoo(ShardableOptimizer):
             out.append(shampoo_update(g, state, t, group))
         return out
 
-    apply_update = staticmethod(Muon.apply_update)
+    apply_update = staticmethod(decayed_step)
 
     def step_replicated(self) -> None:
         for group in self.param_groups:
@@ -275,17 +265,15 @@ class Shampoo(ShardableOptimizer):
             else:  # Muon's AdamW or Prodigy
                 auxiliary_step(group, self.state)
 
-    metrics = Muon.metrics
+    def metrics(self) -> dict[str, float]:
+        """The distance estimate d of each Prodigy role (empty without one)."""
+        return auxiliary_metrics(self.param_groups)
 
 
 def build(groups: list[dict], s: ShampooConfig, device: torch.device) -> Shampoo:
     """One group per role: hidden is Shampoo's, the "adamw" roles AdamW's, the "prodigy" roles
     Prodigy's (with ProdigyConfig's defaults)."""
-    role_groups(groups, "shampoo")
-    return Shampoo(groups, momentum=s.momentum, factor_beta=s.factor_beta, power=s.power, one_sided=s.one_sided,
-                   precondition_frequency=s.precondition_frequency, epsilon=s.epsilon,
-                   bias_correction=s.bias_correction, graft=s.graft, graft_beta2=s.graft_beta2, graft_eps=s.graft_eps,
-                   root_method=s.root_method, betas=tuple(s.adam_betas), eps=s.adam_eps)
+    return Shampoo(role_groups(groups, "shampoo"), **s.group_settings())
 
 
 SPEC = OptimizerSpec(

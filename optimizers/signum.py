@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from model.roles import ROLES
 from optimizers.base import Optimizer
-from optimizers.spec import MomentumWarmup, OptimizerSettings, OptimizerSpec, Role
+from optimizers.spec import MomentumWarmup, OptimizerSettings, OptimizerSpec, Role, group_defaults
 
 LR = 0.001  # optim.lr: the hidden matrices' learning rate
 
@@ -42,34 +43,34 @@ class SignumConfig(MomentumWarmup, OptimizerSettings):
         self.check_momentum()
 
 
-_D = SignumConfig()
+def signum_update(params: list[Tensor], grads: list[Tensor], momenta: list[Tensor], lr: float, momentum: float,
+                  weight_decay: float) -> None:
+    """m <- β·m + (1 − β)·g;  W <- (1 − lr·λ)·W − lr·sign(m), for a list of tensors in a few foreach kernels."""
+    torch._foreach_lerp_(momenta, grads, 1 - momentum)
+    if weight_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_add_(params, torch._foreach_sign(momenta), alpha=-lr)
 
 
 class Signum(Optimizer):
-    def __init__(self, params, lr: float = LR, momentum: float = _D.momentum, weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+    """Args: lr, momentum (β; SignumConfig's default), weight_decay (λ): every group's defaults."""
+
+    def __init__(self, params, lr: float = LR, **settings):
+        super().__init__(params, group_defaults(SignumConfig, lr, settings, weight_decay=0.0))
 
     def update(self) -> None:
-        """m <- β·m + (1 − β)·g;  W <- (1 − lr·λ)·W − lr·sign(m), each group in a few foreach kernels."""
         for group in self.param_groups:
-            lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
-            ms = [self.state[p]["momentum_buffer"] for p in params]
-            torch._foreach_lerp_(ms, [p.grad for p in params], 1 - beta)
-            if wd:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_add_(params, torch._foreach_sign(ms), alpha=-lr)
+            if params:
+                momenta = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad)) for p in params]
+                signum_update(params, [p.grad for p in params], momenta, group["lr"], group["momentum"],
+                              group["weight_decay"])
 
 
 def build(groups: list[dict], s: SignumConfig, device: torch.device) -> Signum:
     for g in groups:
         del g["norm"], g["scale"]
-    return Signum(groups, momentum=s.momentum)
+    return Signum(groups, **s.group_settings())
 
 
 SPEC = OptimizerSpec(

@@ -22,6 +22,7 @@ for Muon, a variant that switches to Scion), and every table is checked for typo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,18 @@ class Role:
     weight_decay: float = 0.0
 
 
+def group_defaults(settings: type, lr: float, given: dict, **group_keys) -> dict:
+    """An optimizer class's param-group defaults: `lr`, the keys only groups have (`group_keys`, e.g.
+    weight_decay) and the settings dataclass's group fields with its defaults, each overridden by `given`
+    (the class's keyword arguments); a name that is none of these raises TypeError, as a function would."""
+    defaults = {"lr": lr, **group_keys, **settings().group_settings()}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"unexpected argument(s) {', '.join(unknown)}; {settings.__name__} groups take "
+                        f"{', '.join(sorted(defaults))}")
+    return {**defaults, **given}
+
+
 def role_lr(main_lr: float, role: Role) -> float:
     """The one place a role's learning rate is resolved: its own, or the main one."""
     return main_lr if role.lr is None else role.lr
@@ -70,13 +83,22 @@ class OptimizerSpec:
 
 
 class OptimizerSettings:
-    """Base of every optimizer's settings dataclass (which declares the fields, roles included)."""
+    """Base of every optimizer's settings dataclass (which declares the fields, roles included). The
+    dataclass is the one place a default is written: the optimizer class takes its defaults from it
+    (`group_defaults`), `build` passes it on whole (`group_settings`)."""
 
     role_norms: ClassVar[dict[str, tuple[str, ...]]] = {}  # per role, the norms it can be trained in
     role_rule: ClassVar[str] = ""  # why, for the error message
+    not_group_keys: ClassVar[tuple[str, ...]] = ()  # fields the trainer uses (schedules), not the param groups
 
     def roles(self) -> dict[str, Role]:
         return {role: getattr(self, role) for role in ROLES}
+
+    def group_settings(self) -> dict:
+        """The fields every param group carries (its own copy, which a group may override): all but the
+        roles and `not_group_keys`."""
+        skip = {*ROLES, *self.not_group_keys}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     def check(self) -> None:
         """Raise OptionError for a value that cannot work (subclasses add their own checks)."""
@@ -89,7 +111,10 @@ class OptimizerSettings:
 
 class MomentumWarmup:
     """Mixin for settings with fields `momentum`, `momentum_warmup_from` and `momentum_warmup_steps`:
-    the momentum ramps linearly from `momentum_warmup_from` to `momentum` over the first steps."""
+    the momentum ramps linearly from `momentum_warmup_from` to `momentum` over the first steps (the
+    trainer sets each group's momentum; the warm-up fields are not group keys)."""
+
+    not_group_keys: ClassVar[tuple[str, ...]] = ("momentum_warmup_from", "momentum_warmup_steps")
 
     def momentum_at(self, step: int) -> float | None:
         if not self.momentum_warmup_steps:

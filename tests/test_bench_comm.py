@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from optimizers import collectives
+from distributed import collectives
 from scripts.bench import comm as bench_comm
 from scripts.bench import timing
 from tests.test_train import SMOKE, TINY

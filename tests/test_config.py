@@ -4,6 +4,7 @@ import pytest
 
 from common.errors import ConfigError
 from optimizers.muon import MuonConfig
+from optimizers.registry import OPTIMIZERS
 from optimizers.scion import ScionConfig
 from training.config import Config, Override, grad_accum_steps, load_config, parse_overrides, to_toml, validate
 
@@ -176,19 +177,26 @@ def test_overrides_take_the_type_of_their_field():
 
 
 def test_class_defaults_are_the_config_defaults():
-    """One source for each number: the optimizer classes take their defaults from the settings."""
-    import inspect
+    """Each setting's default is written once, in its optimizer's settings dataclass: the class built with no
+    settings has exactly those defaults (and lr = the module's LR, the default of optim.lr); the registry
+    hands a built optimizer's groups the same values; an unknown setting is a TypeError, as for a function."""
+    import torch
 
-    from optimizers import Muon, Scion
-    from optimizers.muon import LR as MUON_LR
-    from optimizers.scion import LR as SCION_LR
+    from optimizers import muon, normuon, prodigy, scion, shampoo, signum
 
-    m, s = inspect.signature(Muon).parameters, inspect.signature(Scion).parameters
-    d, e = MuonConfig(), ScionConfig()
-    assert (m["lr"].default, m["momentum"].default, m["nesterov"].default, m["betas"].default, m["eps"].default) == (
-        MUON_LR, d.momentum, d.nesterov, d.adam_betas, d.adam_eps)
-    assert (s["lr"].default, s["momentum"].default, s["constrained"].default) == (SCION_LR, e.momentum, e.constrained)
-    assert load_config(None).optim.lr == MUON_LR
+    classes = {"muon": muon.Muon, "normuon": normuon.NorMuon, "scion": scion.Scion, "shampoo": shampoo.Shampoo,
+               "signum": signum.Signum, "prodigy": prodigy.Prodigy}
+    for name, cls in classes.items():
+        spec = OPTIMIZERS[name]
+        p = torch.nn.Parameter(torch.zeros(4, 4))
+        opt = cls([p])
+        assert opt.defaults["lr"] == spec.lr == load_config(None, [f"--optim.name={name}"]).optim.lr, name
+        for key, value in spec.settings().group_settings().items():
+            assert opt.defaults[key] == value, (name, key)
+            assert opt.param_groups[0][key] == value, (name, key)
+        with pytest.raises(TypeError, match="unexpected argument"):
+            cls([p], momentun=0.5)
+    assert load_config(None).optim.lr == muon.LR
 
 
 def test_base_config_is_read_first(tmp_path):

@@ -12,11 +12,11 @@ import torch
 
 import train_gpt
 from common.errors import ConfigError
+from distributed.process_group import DistInfo
 from tests.test_distributed import ATOL, EPS, assert_same_weights, final_weights, torchrun
 from tests.test_train import TINY
 from training.config import load_config, validate
 from training.constrain import row_rms_cap_, unit_update_norm
-from training.distributed import DistInfo
 from training.run_data import prepare_data
 from training.run_dir import read_metrics
 from training.trainer import Trainer

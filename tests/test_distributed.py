@@ -95,7 +95,7 @@ def test_the_one_rank_group_really_takes_the_distributed_paths(tmp_path, monkeyp
     one batched orthogonalization per shape, and the process group exists while the run lasts."""
     import torch.distributed as dist
 
-    from optimizers import sharded
+    from distributed import sharding as sharded
 
     seen = {"batches": [], "group": []}
     original_step, original_updates = sharded.sharded_step, None
@@ -157,7 +157,7 @@ def test_ranks_with_different_configs_fail_with_a_message(tmp_path):
 
 def test_a_stalled_rank_times_out_with_a_message_instead_of_hanging(tmp_path):
     body = textwrap.dedent("""
-        from training import distributed
+        from distributed import process_group as distributed
         real = distributed.check_same_everywhere
         def stall(*a, **k):
             if rank == 1:
@@ -180,11 +180,11 @@ def test_a_stalled_rank_times_out_with_a_message_instead_of_hanging(tmp_path):
 def _worker(rank, world, port, result_path):
     import torch.distributed as dist
 
+    from distributed.grad_sync import GradSync
+    from distributed.sharding import plan_chunks, sharded_step
     from model import GPT
     from optimizers import build_optimizer
     from optimizers import muon as muon_module
-    from optimizers.grad_sync import GradSync
-    from optimizers.sharded import plan_chunks, sharded_step
     from training.config import load_config
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -248,9 +248,9 @@ def test_padding_slots_send_the_dtype_the_owners_send(monkeypatch):
     """A rank that owns no matrix of a chunk (padding) sends zeros in the optimizer's gather dtype, the dtype
     the owner casts its update to (Muon: bf16 on CUDA while the weights are fp32): one dtype per gather on
     every rank, as NCCL needs. Checked without a process group: rank 1 of 2, the collective recorded."""
-    from optimizers import collectives
+    from distributed import collectives
+    from distributed.sharding import Chunk, sharded_step
     from optimizers.muon import Muon
-    from optimizers.sharded import Chunk, sharded_step
 
     class Half(Muon):  # stands in for Muon on CUDA: the wire dtype differs from the weights'
         def gather_dtype(self, group, grad):

@@ -39,7 +39,7 @@ def test_normuon_update_equations(normalize):
     shapes = [(8, 5), (5, 8), (2, 6, 4)]
     ps = params(*shapes)
     start = [p.detach().clone() for p in ps]
-    opt = NorMuon([{"params": ps, "weight_decay": 0.1}], lr=0.05, momentum=0.9, nesterov=True, method="svd",
+    opt = NorMuon([{"params": ps, "weight_decay": 0.1}], lr=0.05, momentum=0.9, nesterov=True, orthogonalize="svd",
                   beta2=0.9, normalize=normalize)
     history = [grads_for(ps, t) for t in range(4)]
     for grads in history:
@@ -57,8 +57,8 @@ def test_normuon_update_equations(normalize):
 def test_without_averaging_the_rows_are_evened_out_and_muons_norm_is_kept():
     """β2 = 0: every row of the step has the same norm, and the step has Muon's Frobenius norm."""
     ps, ref = params((9, 5)), params((9, 5))
-    normuon = NorMuon(ps, lr=0.1, momentum=0.0, nesterov=False, method="svd", beta2=0.0, normalize="rows")
-    muon = Muon(ref, lr=0.1, momentum=0.0, nesterov=False, method="svd")
+    normuon = NorMuon(ps, lr=0.1, momentum=0.0, nesterov=False, orthogonalize="svd", beta2=0.0, normalize="rows")
+    muon = Muon(ref, lr=0.1, momentum=0.0, nesterov=False, orthogonalize="svd")
     before, g = ps[0].detach().clone(), grads_for(ps, 1)[0]
     ps[0].grad, ref[0].grad = g.clone(), g.clone()
     normuon.step()

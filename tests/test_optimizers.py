@@ -42,7 +42,7 @@ def test_muon_with_zero_momentum_is_spectral_steepest_descent():
     ps = params((12, 5), (5, 12), (3, 6, 6))
     before = [p.detach().clone() for p in ps]
     grads = grads_for(ps, 1)
-    opt = Muon([{"params": ps}], lr=0.1, momentum=0.0, nesterov=False, method="svd", shape_scale="spectral")
+    opt = Muon([{"params": ps}], lr=0.1, momentum=0.0, nesterov=False, orthogonalize="svd", shape_scale="spectral")
     for p, g in zip(ps, grads):
         p.grad = g.clone()
     opt.step()
@@ -55,7 +55,7 @@ def test_muon_update_equations():
     (p,) = params((16, 8))
     w0 = p.detach().clone()
     g1, g2 = grads_for([p], 1)[0], grads_for([p], 2)[0]
-    opt = Muon([p], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.5, method="svd", shape_scale="muon")
+    opt = Muon([p], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.5, orthogonalize="svd", shape_scale="muon")
     p.grad = g1.clone()
     opt.step()
     p.grad = g2.clone()
@@ -88,7 +88,7 @@ def test_muon_batches_same_shape_matrices(monkeypatch):
     one_by_one = [p.detach().clone() for p in ps]
     grads = grads_for(ps, 3)
     monkeypatch.setattr(muon_module, "orthogonalize", counting)
-    opt = Muon(ps, lr=0.1, momentum=0.0, nesterov=False, method="svd")
+    opt = Muon(ps, lr=0.1, momentum=0.0, nesterov=False, orthogonalize="svd")
     for p, g in zip(ps, grads):
         p.grad = g.clone()
     opt.step()
@@ -100,7 +100,7 @@ def test_muon_batches_same_shape_matrices(monkeypatch):
 def test_muon_auxiliary_adamw_equals_torch_adamw():
     ps = params((10, 3), (7,))
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    ours = Muon([{"params": ps, "algorithm": "adamw", "lr": 0.01, "weight_decay": 0.1}], betas=(0.8, 0.95), eps=1e-10)
+    ours = Muon([{"params": ps, "algorithm": "adamw", "lr": 0.01, "weight_decay": 0.1}], adam_betas=(0.8, 0.95), adam_eps=1e-10)
     theirs = torch.optim.AdamW(ref, lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
     run(ours, ps, 5)
     run(theirs, ref, 5)
@@ -213,7 +213,7 @@ SCION_SHAPES = [(12, 6), (6, 9), (10, 4), (4, 10), (7,), (5, 8), (3, 3)]
 def test_unconstrained_scion_update_equation():
     ps = params(*SCION_SHAPES)
     before = [p.detach().clone() for p in ps]
-    opt = Scion(scion_groups(ps), lr=0.05, momentum=0.9, constrained=False, weight_decay=0.3, method="svd")
+    opt = Scion(scion_groups(ps), lr=0.05, momentum=0.9, constrained=False, weight_decay=0.3, orthogonalize="svd")
     grads = grads_for(ps, 7)
     for p, g in zip(ps, grads):
         p.grad = g.clone()
@@ -231,7 +231,7 @@ def test_constrained_scion_stays_in_the_norm_ball(method, slack):
     Newton-Schulz the LMO is only approximately in the ball (singular values up to 1.2035), so
     the spectral ball is inflated by at most that factor."""
     ps = params(*SCION_SHAPES)
-    opt = Scion(scion_groups(ps), lr=0.2, momentum=0.5, constrained=True, method=method)
+    opt = Scion(scion_groups(ps), lr=0.2, momentum=0.5, constrained=True, orthogonalize=method)
     opt.init_parameters()
     for t in range(60):
         for p, g in zip(ps, grads_for(ps, 200 + t)):
@@ -245,7 +245,7 @@ def test_constrained_scion_stays_in_the_norm_ball(method, slack):
 
 def test_scion_init_lands_on_the_sphere_of_radius_scale():
     ps = params(*SCION_SHAPES)
-    opt = Scion(scion_groups(ps), method="svd")
+    opt = Scion(scion_groups(ps), orthogonalize="svd")
     opt.init_parameters()
     for group in opt.param_groups:
         (p,) = group["params"]
@@ -258,11 +258,11 @@ def test_unconstrained_with_weight_decay_is_constrained_with_rescaled_step_and_r
     gamma, lam = 0.05, 0.4
     ps = params(*SCION_SHAPES)
     qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    u = Scion(scion_groups(ps), lr=gamma, momentum=0.8, constrained=False, weight_decay=lam, method="svd")
+    u = Scion(scion_groups(ps), lr=gamma, momentum=0.8, constrained=False, weight_decay=lam, orthogonalize="svd")
     c_groups = scion_groups(qs)
     for g in c_groups:
         g["scale"] /= lam
-    c = Scion(c_groups, lr=gamma * lam, momentum=0.8, constrained=True, method="svd")
+    c = Scion(c_groups, lr=gamma * lam, momentum=0.8, constrained=True, orthogonalize="svd")
     run(u, ps, 6)
     run(c, qs, 6)
     for a, b in zip(ps, qs):
@@ -275,8 +275,8 @@ def test_light_variant_takes_the_same_steps(zero_grads):
     the trainer keeps the gradients (the memory saving) or resets them every step."""
     ps = params(*SCION_SHAPES)
     qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    plain = Scion(scion_groups(ps), lr=0.05, momentum=0.8, method="svd")
-    light = Scion(scion_groups(qs), lr=0.05, momentum=0.8, method="svd", light=True)
+    plain = Scion(scion_groups(ps), lr=0.05, momentum=0.8, orthogonalize="svd")
+    light = Scion(scion_groups(qs), lr=0.05, momentum=0.8, orthogonalize="svd", light=True)
     assert all(light.holds_state_in_grad(g) for g in light.param_groups)
     assert not any(plain.holds_state_in_grad(g) for g in plain.param_groups)
     for t in range(5):

@@ -55,7 +55,7 @@ def test_adam_without_averages_is_sign_descent():
     torch_adam, muon_adam = params(shapes), params(shapes)
     start = [p.detach().clone() for p in torch_adam]
     a = torch.optim.AdamW(torch_adam, lr=0.01, betas=(0.0, 0.0), eps=1e-30, weight_decay=0.0)
-    b = Muon([{"params": muon_adam, "algorithm": "adamw"}], lr=0.01, betas=(0.0, 0.0), eps=1e-30)
+    b = Muon([{"params": muon_adam, "algorithm": "adamw"}], lr=0.01, adam_betas=(0.0, 0.0), adam_eps=1e-30)
     da, gs = steps(a, torch_adam, 4)
     db, _ = steps(b, muon_adam, 4)
     for t in range(4):
@@ -73,7 +73,7 @@ def test_shampoo_without_averages_is_the_spectral_step(one_sided, power):
     ps, ref = params(SHAPES), params(SHAPES)
     shampoo = Shampoo(ps, lr=0.1, momentum=0.0, factor_beta=0.0, power=power, one_sided=one_sided,
                       precondition_frequency=1, graft="none")
-    muon = Muon(ref, lr=0.1, momentum=0.0, nesterov=False, method="svd", shape_scale="spectral")
+    muon = Muon(ref, lr=0.1, momentum=0.0, nesterov=False, orthogonalize="svd", shape_scale="spectral")
     ds, gs = steps(shampoo, ps, 3)
     dm, _ = steps(muon, ref, 3)
     for t in range(3):
@@ -126,7 +126,7 @@ def test_prodigy_without_averages_is_sign_descent_with_its_own_step_size():
 
 def test_normuon_without_normalization_is_muon():
     ps, ref = params(SHAPES), params(SHAPES)
-    kw = dict(lr=0.05, momentum=0.9, nesterov=True, method="newton_schulz", weight_decay=0.1)
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, orthogonalize="newton_schulz", weight_decay=0.1)
     normuon = NorMuon(ps, normalize="off", **kw)
     muon = Muon(ref, **kw)
     dn, _ = steps(normuon, ps, 3)
@@ -192,7 +192,7 @@ def test_shampoo_step_is_steepest_in_the_spectral_norm(shape):
 
 def test_normuon_step_without_normalization_is_steepest_in_the_spectral_norm():
     ps = params([(8, 5)])
-    opt = NorMuon(ps, normalize="off", momentum=0.0, nesterov=False, method="svd")
+    opt = NorMuon(ps, normalize="off", momentum=0.0, nesterov=False, orthogonalize="svd")
     ds, gs = steps(opt, ps, 2)
     assert_steepest(gs[-1][0], -ds[-1][0], "spectral")
 

@@ -134,10 +134,10 @@ def test_roles_and_optimizer_settings_are_the_tuned_baseline():
     assert got == {"embed": ("adamw", 0.7, 0.001), "head": ("adamw", 0.004, 0.001),
                    "scalar": ("adamw", 0.015, 0.001), "hidden": ("muon", 0.025, 0.05)}
     hidden = next(g for g in opt.param_groups if g["role"] == "hidden")
-    assert (hidden["momentum"], hidden["nesterov"], hidden["method"], hidden["steps"], hidden["shape_scale"]) == \
+    assert (hidden["momentum"], hidden["nesterov"], hidden["orthogonalize"], hidden["ns_steps"], hidden["shape_scale"]) == \
         (0.95, True, "modular_quintic", 12, "muon")
     for g in opt.param_groups:
-        assert g["betas"] == (0.8, 0.95) and g["eps"] == 1e-10 / 2**19  # the summed loss's eps, for the mean
+        assert g["adam_betas"] == (0.8, 0.95) and g["adam_eps"] == 1e-10 / 2**19  # the summed loss's eps, for the mean
 
 
 def test_q_k_v_are_separate_matrices_for_muon():
@@ -150,7 +150,7 @@ def test_q_k_v_are_separate_matrices_for_muon():
     for i, p in enumerate(parts):
         p.grad = merged.grad[i].clone()
     for params in ([merged], *([p] for p in parts)):
-        Muon(params, lr=0.1, weight_decay=0.05, method="modular_quintic", steps=12).step()
+        Muon(params, lr=0.1, weight_decay=0.05, orthogonalize="modular_quintic", ns_steps=12).step()
     torch.testing.assert_close(merged.detach(), torch.stack([p.detach() for p in parts]), rtol=0, atol=1e-12)
 
 

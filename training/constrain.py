@@ -30,7 +30,7 @@ Config validation (training/config.py) checks the peak lr against the soft cap's
 
 Several processes: the rank that owns a matrix constrains it, then every matrix is all-gathered from its
 owner, so every rank ends with the same weights as one process would. Ownership reuses the sharded
-optimizer's chunks (optimizers/sharded.py: the owner of a Muon matrix also orthogonalized it); the other
+optimizer's chunks (distributed/sharding.py: the owner of a Muon matrix also orthogonalized it); the other
 constrained matrices (AdamW's, the head) are cut the same way, by shape into chunks of world_size, slot r
 owned by rank r. The embedding's row cap is elementwise and cheap: every rank applies it. Power-iteration
 vectors and hyperball radii live on the owner; `state_dict` (a collective) collects them into the
@@ -48,8 +48,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from distributed import collectives
+from distributed.sharding import Chunk
 from model.lipschitz import sigma_max
-from optimizers import collectives
 from optimizers.constraints import (
     SOFT_CAP_MAX_K,
     ConstraintSettings,
@@ -59,7 +60,6 @@ from optimizers.constraints import (
     spectral_normalize,
 )
 from optimizers.muon import shape_scale
-from optimizers.sharded import Chunk
 
 EMBED_METHODS = ("none", "row_rms_cap")
 LOG_BOUND = ("auto", "always", "never")  # constraint.log_bound
@@ -252,7 +252,7 @@ def _by_shape(params: list) -> dict[tuple, list]:
 
 def _chunks(params: list, sharded: list[Chunk], world_size: int) -> list[Chunk]:
     """The chunks of the sharded optimizer that hold these params, then the rest cut by shape into chunks
-    of world_size (slot r: rank r's), as optimizers/sharded.py does."""
+    of world_size (slot r: rank r's), as distributed/sharding.py does."""
     ids = {id(p) for p in params}
     chunks = [c for c in sharded if any(p is not None and id(p) in ids for p in c.params)]
     taken = {id(p) for c in chunks for p in c.params if p is not None}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.distributed import DistInfo, all_reduce_min
+from distributed.process_group import DistInfo, all_reduce_min
 
 NEVER = 2**62  # "no bad step yet"
 

@@ -32,16 +32,22 @@ from common.atomic import remove_stale_tmp
 from common.errors import ConfigError
 from common.hardware import device_name, peak_memory_mib, peak_tflops, synchronize
 from data.loader import TrainLoader, val_batches
+from distributed.grad_sync import GradSync
+from distributed.process_group import (
+    DistInfo,
+    all_reduce_max_flag,
+    all_reduce_mean,
+    broadcast_object,
+    broadcast_parameters,
+)
+from distributed.sharding import drop_foreign_state, gather_state, plan_chunks, sharded_step
 from model import GPT, flops_per_token, fp8
 from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.base import Optimizer
-from optimizers.grad_sync import GradSync
-from optimizers.sharded import drop_foreign_state, gather_state, plan_chunks, sharded_step
 from training import checkpoint as ckpt
 from training import compilation, schedule
 from training.config import Config, eval_batch_size, eval_due, eval_tokens, grad_accum_steps, to_dict, to_toml
 from training.constrain import Constrainer
-from training.distributed import DistInfo, all_reduce_max_flag, all_reduce_mean, broadcast_object, broadcast_parameters
 from training.divergence import Diverged, DivergenceGuard, weights_finite
 from training.meter import RunMeter
 from training.resume import plan_run

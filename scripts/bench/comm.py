@@ -38,9 +38,9 @@ from common.atomic import atomic_write_json
 from common.hardware import device_name
 from common.paths import REPO
 from data.synthetic import random_shards
+from distributed.process_group import barrier, broadcast_object, env_world_size, init_distributed, shutdown
 from scripts.bench.timing import TIMERS, time_phases
 from training.config import load_config, validate
-from training.distributed import barrier, broadcast_object, env_world_size, init_distributed, shutdown
 from training.run_data import prepare_data
 from training.trainer import Trainer
 

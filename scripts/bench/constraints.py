@@ -25,11 +25,11 @@ import torch
 
 from common.atomic import atomic_write_json
 from common.hardware import device_name, synchronize
+from distributed.process_group import resolve_device
 from model import GPT
 from optimizers import build_optimizer
 from optimizers.constraints import CONSTRAINTS, ConstraintSettings, ConstraintState, apply_constraint
 from training.config import load_config
-from training.distributed import resolve_device
 
 
 def timed(fn, device, warmup: int, repeat: int) -> tuple[float, float]:

@@ -22,10 +22,10 @@ import torch
 
 from common.atomic import atomic_write_json
 from common.hardware import device_name, synchronize
+from distributed.process_group import resolve_device
 from model import GPT
 from optimizers import build_optimizer
 from training.config import load_config
-from training.distributed import resolve_device
 from training.trainer import autocast
 
 

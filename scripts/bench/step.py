@@ -21,9 +21,9 @@ from pathlib import Path
 
 from common.atomic import atomic_write_json
 from data.synthetic import random_shards
+from distributed.process_group import env_world_size, init_distributed, shutdown
 from scripts.bench.timing import summarize, time_steps
 from training.config import load_config, validate
-from training.distributed import env_world_size, init_distributed, shutdown
 from training.run_data import prepare_data
 from training.trainer import Trainer
 

@@ -30,7 +30,7 @@ TIMERS = {
     "host": "host: time.perf_counter (CPU/gloo, where a wait blocks the host until the collective is done)",
 }
 
-# optimizers/collectives.py's asynchronous collectives, by what their waits count toward
+# distributed/collectives.py's asynchronous collectives, by what their waits count toward
 WAIT_KINDS = {"all_reduce_average": "comm_wait", "reduce_scatter_average": "comm_wait", "all_gather": "gather_wait"}
 
 
@@ -114,9 +114,9 @@ class TimedWork:
 
 @contextlib.contextmanager
 def timed_waits(clock: Clock):
-    """While inside, every asynchronous collective of optimizers/collectives.py returns a work whose
+    """While inside, every asynchronous collective of distributed/collectives.py returns a work whose
     wait is timed; yields the list that collects (kind, start mark, end mark) per wait."""
-    from optimizers import collectives
+    from distributed import collectives
 
     log: list = []
     originals = {name: getattr(collectives, name) for name in WAIT_KINDS}

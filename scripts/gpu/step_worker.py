@@ -17,10 +17,10 @@ from pathlib import Path
 from common.atomic import atomic_write_json
 from common.hardware import peak_memory_mib, reset_peak_memory, synchronize
 from data.synthetic import random_shards
+from distributed.process_group import init_distributed, shutdown
 from scripts.bench.timing import summarize, time_phases, time_steps
 from training.compilation import CompileWatch
 from training.config import load_config, validate
-from training.distributed import init_distributed, shutdown
 from training.trainer import Trainer
 
 

@@ -11,7 +11,7 @@ A hook on every parameter (`register_post_accumulate_grad_hook`) counts the grad
 bucket as they arrive; when a bucket is complete, its reduction starts asynchronously and backward
 goes on. Two kinds of buckets:
 
-    chunks   `world_size` same-shape matrices of a sharded optimizer group (optimizers/sharded.py):
+    chunks   `world_size` same-shape matrices of a sharded optimizer group (distributed/sharding.py):
              the buffer has one slot per rank (slot r: the matrix rank r owns; a padding slot stays
              zero), and a reduce-scatter delivers to each rank the averaged gradient of its matrix
              into a persistent output buffer.
@@ -19,7 +19,7 @@ goes on. Two kinds of buckets:
              an all-reduce averages them in place.
 
 Averages use the backend's AVG operation where it has one (NCCL), else a SUM and a division
-(optimizers/collectives.py). With gradient accumulation only the last micro-batch's backward
+(distributed/collectives.py). With gradient accumulation only the last micro-batch's backward
 reduces (`sync_this_backward`); earlier ones accumulate locally. The optimizer waits for each chunk
 only when it is about to orthogonalize it (`wait_chunk`) and for the buckets when it steps the rest
 (`wait_replicated`). With overlap=False the same reductions start only after backward (for
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optimizers import collectives
-from optimizers.sharded import Chunk
+from distributed import collectives
+from distributed.sharding import Chunk
 
 
 @dataclass

@@ -8,7 +8,7 @@ NCCL when the device is CUDA, gloo on CPU. Collectives fail after `timeout_s` in
 distributed path then runs with a world of one (gradient hooks and buckets, reduce-scatter, sharded
 orthogonalization and its all-gather, per-block compilation), so that one GPU runs the code that 8
 GPUs run, and its results equal the plain single-process run's (tests/test_distributed.py).
-Gradient reductions live beside the optimizers (optimizers/grad_sync.py).
+Gradient reductions: distributed/grad_sync.py; the sharded optimizer step: distributed/sharding.py.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def check_same_everywhere(info: DistInfo, config_text: str, code_hash: str) -> N
                                f"{'config and overrides' if what == 'config' else 'version of the repository'}")
 
 
-CODE_PATHS = ("train_gpt.py", "model", "optimizers", "training", "data")
+CODE_PATHS = ("train_gpt.py", "common", "data", "model", "optimizers", "distributed", "training")
 
 
 def code_hash(root) -> str:
