@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
+from common.config_io import to_toml
 from common.errors import CheckpointError, ConfigError, DataError, DataNotFoundError, ShardError
 from common.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from distributed import process_group as distributed
-from training.config import load_config, to_toml, validate
+from training.config import load_config, validate
 from training.trainer import train
 
 REPO = Path(__file__).resolve().parent

@@ -28,8 +28,6 @@ from model.linear import init_hidden_
 from model.masks import dense_mask, flex_block_mask
 from model.rotary import Rotary
 
-ATTENTION_KINDS = ("auto", "flex", "sdpa")  # auto: flex on CUDA, sdpa elsewhere
-
 
 @functools.cache
 def _compiled_flex():

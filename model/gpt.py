@@ -9,7 +9,7 @@
     logits = cap(head(norm(x)))                              (untied, zero-initialized head;
                                                               cap: tanh or algebraic, model/loss.py)
 
-The variants are switches of ModelConfig, each on its own:
+The variants are switches of ModelConfig (model/config.py), each on its own:
 
     speedrun records   value_embeds, skip_connections, x0_mix, window (+ window_pattern), document
                        masking, tanh soft cap, no biases, norms without gains
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from model.attention import CausalSelfAttention, make_mask
+from model.config import DTYPES, WINDOW_KINDS, ModelConfig
 from model.embeddings import ValueEmbeddings
 from model.loss import Head
 from model.masks import document_ids, window_block_count
@@ -41,31 +42,26 @@ from model.mlp import MLP
 from model.norm import RMSNorm
 from model.roles import ROLES
 
-WINDOW_KINDS = ("L", "S")  # per block in model.window_pattern: 'L' attends over the window, 'S' over half of it
-DTYPES = {"float32": torch.float32, "float64": torch.float64}  # parameter dtypes (float64: numerical checks)
-RESIDUALS = ("add", "convex")  # model.residual: x + f(x) | (1 − a)·x + a·f(x), a = residual_scale / (2 depth)
-ATTN_SCALE_RULES = ("inv_sqrt_d", "inv_d")  # model.attn_scale = 0: logits scaled by 1/√head_dim | 1/head_dim
 
-
-def attention_scale(cfg) -> float:
+def attention_scale(cfg: ModelConfig) -> float:
     """The attention logit scale: model.attn_scale, or (0) the model.attn_scale_rule of head_dim."""
     if cfg.attn_scale:
         return cfg.attn_scale
     return 1.0 / cfg.head_dim if cfg.attn_scale_rule == "inv_d" else cfg.head_dim**-0.5
 
 
-def branch_weight(cfg) -> float | None:
+def branch_weight(cfg: ModelConfig) -> float | None:
     """a of the convex residual (1 − a)·x + a·f(x); None for the plain x + f(x)."""
     return cfg.residual_scale / (2 * cfg.depth) if cfg.residual == "convex" else None
 
 
-def make_norm(cfg) -> nn.Module:
+def make_norm(cfg: ModelConfig) -> nn.Module:
     """The RMSNorm of a block, the embedding or the head; the identity with model.layer_norm = false."""
     return RMSNorm(cfg.width, gain=cfg.norm_gains) if cfg.layer_norm else nn.Identity()
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, max_seq_len: int, has_attention: bool):
+    def __init__(self, cfg: ModelConfig, max_seq_len: int, has_attention: bool):
         super().__init__()
         self.attn = None
         if has_attention:
@@ -97,8 +93,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg, max_seq_len: int | None = None):
-        """cfg: training.config.ModelConfig. max_seq_len: longest sequence forward will see
+    def __init__(self, cfg: ModelConfig, max_seq_len: int | None = None):
+        """cfg: model/config.py (every switch). max_seq_len: longest sequence forward will see
         (defaults to cfg.seq_len; pass the eval length when it is longer)."""
         super().__init__()
         self.cfg = cfg
@@ -198,7 +194,7 @@ class GPT(nn.Module):
         return long_mask, short_mask
 
 
-def flops_per_token(cfg, seq_len: int, window: int = 0) -> float:
+def flops_per_token(cfg: ModelConfig, seq_len: int, window: int = 0) -> float:
     """Model FLOPs per training token (forward and backward, i.e. 3 x the forward's):
 
         6 x (matmul parameters: the q/k/v/out and MLP weights of every block, and the head)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-HIDDEN_INITS = ("uniform", "normal")
+from model.config import HIDDEN_INITS
 
 
 @torch.no_grad()

@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model import fp8
-
-SOFTCAP_KINDS = ("tanh", "algebraic")
+from model.config import SOFTCAP_KINDS
 
 
 def softcap(z: Tensor, cap: float, kind: str = "tanh") -> Tensor:

@@ -12,9 +12,9 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.config import ACTIVATIONS
 from model.linear import init_hidden_
 
-ACTIVATIONS = ("relu2", "gelu_scaled")
 GELU_MAX_SLOPE = (1 + math.erf(1)) / 2 + math.exp(-1) / math.sqrt(math.pi)  # max of GELU'(x), at x = √2
 
 

@@ -2,11 +2,13 @@ import dataclasses
 
 import pytest
 
+from common.config_io import Override, parse_overrides, to_toml
 from common.errors import ConfigError
 from optimizers.muon import MuonConfig
 from optimizers.registry import OPTIMIZERS
 from optimizers.scion import ScionConfig
-from training.config import Config, Override, grad_accum_steps, load_config, parse_overrides, to_toml, validate
+from training.config import Config, load_config, validate
+from training.schedule import grad_accum_steps
 
 SPEEDRUN = "configs/speedrun_124m.toml"
 SMOKE = "configs/smoke.toml"

@@ -13,8 +13,9 @@ import pytest
 from common.exit_codes import EXIT_CONFIG
 from data.shard import write_shard
 from tests.test_train import REPO, SMOKE, TINY, run
-from training.config import eval_batch_size, eval_due, eval_tokens, load_config
+from training.config import load_config
 from training.run_dir import read_metrics
+from training.schedule import eval_batch_size, eval_due, eval_tokens
 
 DOCS = ([1023] + list(range(100))) * 200  # every document starts with the separator 1023
 

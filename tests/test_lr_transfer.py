@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.config_io import toml_value
 from data import shakespeare
 from scripts.records import cli as records_cli
 from scripts.studies import results, runner, sweep
 from scripts.studies import spec as plan
 from scripts.studies.runner import Slot
 from scripts.studies.spec import PlotSpec, SpecError
-from training.config import load_config, toml_value, validate
+from training.config import load_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 

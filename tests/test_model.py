@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from model import GPT, ROLES, flops_per_token
+from model.config import ModelConfig
 from model.rotary import Rotary
-from training.config import ModelConfig
 
 EOT = 255
 CFG = ModelConfig(

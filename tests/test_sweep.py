@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from common.config_io import toml_value
 from scripts.studies import results, runner, sweep
 from scripts.studies import spec as plan
 from scripts.studies.runner import Slot, SweepDir
 from scripts.studies.spec import PlotSpec, SpecError
-from training.config import load_config, toml_value, validate
+from training.config import load_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_SPECS = sorted((REPO / "configs/sweeps").glob("*.toml"))

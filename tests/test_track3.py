@@ -12,10 +12,11 @@ import torch
 import train_gpt
 from common.errors import ConfigError
 from model import GPT
+from model.config import ModelConfig
 from model.loss import softcap
 from optimizers import build_optimizer
 from optimizers.muon import Muon
-from training.config import ModelConfig, load_config, validate
+from training.config import load_config, validate
 from training.run_dir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,10 +48,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from common.config_io import check as _check
+from common.config_io import choice as _choice
+from common.errors import ConfigError
 from distributed import collectives
 from distributed.sharding import Chunk
-from model.lipschitz import sigma_max
+from model.lipschitz import sigma_max, uncovered
 from optimizers.constraints import (
+    CONSTRAINTS,
     SOFT_CAP_MAX_K,
     ConstraintSettings,
     ConstraintState,
@@ -303,3 +307,92 @@ def _collect_state(plan: RolePlan, rank: int) -> None:
         for i, k in enumerate(keys):
             if present[i] > 0:
                 store[k] = values[i].reshape(shapes[i]).clone()
+
+
+# -- the [constraint] section ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleConstraintConfig:
+    """[constraint.embed], [constraint.head]: the constraint of that role (training/constrain.py)."""
+
+    method: str = "none"  # head: as constraint.method; embed: "none" | "row_rms_cap" (each row's RMS <= max_norm)
+    max_norm: float = 1.0  # head: beta, as constraint.max_norm; embed: the largest RMS of a row
+    update_norm: float = 0.0  # head soft cap: as constraint.update_norm (0: automatic, Muon's hidden role only)
+
+
+@dataclass(frozen=True)
+class ConstraintConfig:
+    """[constraint]: weight-norm constraints right after every optimizer step, on the hidden matrices (and,
+    in their own tables, the embedding and the head), and the Lipschitz bound in the logs. Methods: see
+    optimizers/constraints.py; how they run: training/constrain.py; the bound: model/lipschitz.py."""
+
+    # hidden matrices: none | spectral_normalize | spectral_hammer | spectral_soft_cap | spectral_hard_cap | hyperball
+    method: str = "none"
+    max_norm: float = 1.0  # beta: bound on sigma_max (with shape_scaled: on the RMS->RMS norm sqrt(d_in/d_out) sigma_max)
+    update_norm: float = 0.0  # soft cap: sigma of one update per unit lr, in max_norm's units; 0: auto (Muon)
+    ns_overshoot: float = 1.2  # auto update_norm: Muon's shape scale x this (Newton-Schulz overshoots 1)
+    shape_scaled: bool = False  # max_norm bounds the RMS->RMS norm (the paper's), not sigma_max itself
+    power_iters: int = 16  # power iterations for a matrix seen the first time ...
+    power_iters_warm: int = 2  # ... and afterwards, from the stored vector
+    polish_steps: int = 3  # hard cap: modular-quintic steps after Polar Express's five
+    skip_margin: float = 0.05  # hard cap: matrices with sigma <= (1 - margin) beta keep their bits
+    dtype: str = "auto"  # soft / hard cap iterations: auto (bf16 on CUDA, fp32 else) | bfloat16 | float32 | float64
+    backend: str = "auto"  # hard cap's polar / sign iterations: auto | torch | triton
+    at_init: bool = True  # also constrain the initial weights (before step 1)
+    log_bound: str = "auto"  # lipschitz_bound at validations: auto (when model/lipschitz.py covers it) | always | never
+    embed: RoleConstraintConfig = field(default_factory=RoleConstraintConfig)
+    head: RoleConstraintConfig = field(default_factory=RoleConstraintConfig)
+
+
+def check_constraint(cfg) -> None:
+    """[constraint]: known methods, positive norms, settings optimizers/constraints.py accepts, a soft cap it
+    can keep (max_update <= 0.3065 max_norm at the peak lr), no hyperball on zero-initialized matrices, and
+    a Lipschitz bound only where model/lipschitz.py covers the model (cfg: the whole run config)."""
+    c = cfg.constraint
+    _choice("constraint.method", c.method, tuple(CONSTRAINTS))
+    _choice("constraint.head.method", c.head.method, tuple(CONSTRAINTS))
+    _choice("constraint.embed.method", c.embed.method, EMBED_METHODS)
+    _choice("constraint.log_bound", c.log_bound, LOG_BOUND)
+    for key, value in (("max_norm", c.max_norm), ("head.max_norm", c.head.max_norm),
+                       ("embed.max_norm", c.embed.max_norm)):
+        _check(value > 0, f"constraint.{key} must be positive, got {value}")
+    for key, value in (("update_norm", c.update_norm), ("head.update_norm", c.head.update_norm)):
+        _check(value >= 0, f"constraint.{key} must be >= 0 (0: automatic), got {value}")
+    _check(c.ns_overshoot >= 1, f"constraint.ns_overshoot must be >= 1, got {c.ns_overshoot}")
+    try:
+        settings_of(c).check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for prefix, role in (("constraint", c), ("constraint.head", c.head)):
+        _check(role.method != "hyperball",
+               f"{prefix}.method = 'hyperball' keeps each matrix at its initial Frobenius norm, but the model "
+               f"zero-initializes the attention and MLP output projections and the head: they could never move")
+    _check_soft_caps(cfg)
+    reasons = uncovered(cfg.model)
+    _check(c.log_bound != "always" or not reasons,
+           "constraint.log_bound = 'always', but model/lipschitz.py does not cover this model: " + "; ".join(reasons))
+
+
+def _check_soft_caps(cfg) -> None:
+    """The soft cap's max_update at the peak lr, for every matrix shape of its role, within its limit."""
+    c, m = cfg.constraint, cfg.model
+    inner, mlp = m.heads * m.head_dim, m.mlp_ratio * m.width
+    shapes = {"hidden": [(inner, m.width), (m.width, inner), (mlp, m.width), (m.width, mlp)],
+              "head": [(m.padded_vocab, m.width)]}
+    for role, prefix, rc in (("hidden", "constraint", c), ("head", "constraint.head", c.head)):
+        if rc.method != "spectral_soft_cap":
+            continue
+        optim = cfg.optim
+        muon = optim.settings.shape_scale if optim.name == "muon" and role == "hidden" else None
+        lr = optim.role_lr(role)
+        for shape in shapes[role]:
+            unit = unit_update_norm(rc.update_norm, muon, c.ns_overshoot, shape, c.shape_scaled)
+            _check(unit is not None,
+                   f"{prefix}.method = 'spectral_soft_cap' needs {prefix}.update_norm > 0: the spectral norm one "
+                   f"update adds per unit of lr (automatic only for Muon's hidden matrices)")
+            ratio = lr * unit / rc.max_norm
+            _check(ratio <= soft_cap_limit(),
+                   f"{prefix}.method = 'spectral_soft_cap': one update at the peak lr {lr:g} can add {lr * unit:.4g} "
+                   f"(in max_norm's units) to a {shape[0]}x{shape[1]} matrix, {ratio:.4f} x {prefix}.max_norm; the "
+                   f"soft cap takes back at most {soft_cap_limit():.4f} x: raise {prefix}.max_norm or lower the lr")

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import tomllib
 
+from common.config_io import to_dict
 from common.errors import CheckpointError, ConfigError
 from training.checkpoint import list_checkpoints, load_checkpoint
-from training.config import Config, load_config, to_dict
+from training.config import Config, load_config
 
 # config keys (or prefixes ending in ".") that may differ between a checkpoint and the run resuming it
 RESUMABLE_CHANGES = ("name", "device", "log.", "checkpoint.", "distributed.", "eval.", "model.compile",

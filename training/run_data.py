@@ -24,7 +24,8 @@ from common.errors import DataError
 from data.loader import check_vocab, find_shards
 from data.shard import load_shard, read_header
 from distributed.process_group import DistInfo, barrier
-from training.config import Config, interval_tokens
+from training.config import Config
+from training.schedule import interval_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 SEPARATOR_SAMPLE = 1_000_000  # tokens of the first shards searched for model.eot_token

@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 from common.atomic import atomic_write_json, atomic_write_text
+from common.config_io import to_dict
 from common.errors import ConfigError
-from training.config import Config, to_dict
+from training.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -51,3 +51,50 @@ def apply(optimizer, step: int, cfg) -> None:
         group["lr"] = group["initial_lr"] * mult
         if momentum is not None and "momentum" in group:
             group["momentum"] = momentum
+
+
+# -- validation and gradient accumulation, as functions of the config ----------------------------------------
+
+def grad_accum_steps(cfg, world_size: int) -> int:
+    """Forward/backward passes per rank per optimizer step."""
+    rows = cfg.data.batch_tokens // cfg.model.seq_len
+    return rows // (world_size * cfg.data.micro_batch_size)
+
+
+EVAL_AUTO_TOKENS = 16384  # eval.batch_size = 0: at most this many tokens per rank per forward pass (>= 1 row)
+
+
+def eval_batch_size(cfg, world_size: int) -> int:
+    """Rows per rank per validation forward pass: eval.batch_size, or for 0 the largest number of rows
+    that holds at most EVAL_AUTO_TOKENS tokens (at least one row) and divides the rows of both the
+    final and the interval validation."""
+    e = cfg.eval
+    if e.batch_size:
+        return e.batch_size
+    per_rank = world_size * cfg.eval_seq_len
+    rows = math.gcd(e.tokens // per_rank, interval_tokens(cfg) // per_rank)
+    cap = max(1, EVAL_AUTO_TOKENS // cfg.eval_seq_len)
+    return max(d for d in range(1, min(rows, cap) + 1) if rows % d == 0) if rows else 1
+
+
+def interval_tokens(cfg) -> int:
+    """Tokens of the validations before the final one."""
+    return min(cfg.eval.interval_tokens or cfg.eval.tokens, cfg.eval.tokens)
+
+
+def eval_tokens(cfg, step: int) -> int:
+    """Validation tokens at `step`: all of eval.tokens at the end, the interval tokens before."""
+    return cfg.eval.tokens if step >= cfg.schedule.steps else interval_tokens(cfg)
+
+
+def eval_due(cfg, step: int) -> bool:
+    """Whether to validate after `step` steps: at the end; every eval.every steps (at step 0 too when
+    eval.at_start); every eval.every_late steps in the last eval.late_frac of the run."""
+    e, steps = cfg.eval, cfg.schedule.steps
+    if step >= steps:
+        return True
+    if step == 0:
+        return e.at_start and e.every > 0
+    if e.every_late and step >= steps * (1 - e.late_frac) and step % e.every_late == 0:
+        return True
+    return e.every > 0 and step % e.every == 0

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from common.atomic import remove_stale_tmp
+from common.config_io import to_dict, to_toml
 from common.errors import ConfigError
 from common.hardware import device_name, peak_memory_mib, peak_tflops, synchronize
 from data.loader import TrainLoader, val_batches
@@ -46,13 +47,14 @@ from optimizers import OPTIMIZERS, build_optimizer
 from optimizers.base import Optimizer
 from training import checkpoint as ckpt
 from training import compilation, schedule
-from training.config import Config, eval_batch_size, eval_due, eval_tokens, grad_accum_steps, to_dict, to_toml
+from training.config import Config
 from training.constrain import Constrainer
 from training.divergence import Diverged, DivergenceGuard, weights_finite
 from training.meter import RunMeter
 from training.resume import plan_run
 from training.run_data import RunData, prepare_data
 from training.run_dir import RunOutputs, git_commit, start_wandb
+from training.schedule import eval_batch_size, eval_due, eval_tokens, grad_accum_steps
 from training.signals import StopFlag, inject_fault
 
 

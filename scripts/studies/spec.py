@@ -9,8 +9,8 @@ from pathlib import Path
 
 import tomllib
 
+from common.config_io import toml_value
 from common.paths import REPO
-from training.config import toml_value
 
 SPEC_KEYS = ("name", "base", "gpus_per_run", "retries", "overrides", "axes", "extra", "plot")
 SWEEP_OWNED_KEYS = ("log.dir", "log.run_id", "checkpoint.resume")

@@ -36,6 +36,7 @@ import signal
 import sys
 from pathlib import Path
 
+from common.config_io import toml_value
 from common.exit_codes import EXIT_INTERRUPTED
 from scripts.studies.results import write_results
 from scripts.studies.runner import (
@@ -52,7 +53,6 @@ from scripts.studies.runner import (
     runs_to_do,
 )
 from scripts.studies.spec import PlannedRun, SpecError, SweepSpec, load_spec, plan_runs
-from training.config import toml_value
 
 # ----------------------------------------------------------------------------------------------
 # Command line
