@@ -26,7 +26,7 @@ from common.errors import CheckpointError, ConfigError, DataError, DataNotFoundE
 from common.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from distributed import process_group as distributed
 from training.config import load_config, validate
-from training.trainer import train
+from training.run import train
 
 REPO = Path(__file__).resolve().parent
 EXIT_OF_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}

@@ -26,15 +26,12 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
 def build_optimizer(params_by_role: dict, optim, device: torch.device) -> torch.optim.Optimizer:
     """params_by_role: {"embed": [...], "hidden": [...], "head": [...], "scalar": [...]}; optim: a
     resolved [optim] config (name, lr, settings). One param group per non-empty role, carrying its
-    role, lr, weight decay, norm and scale, and its peak lr as group["initial_lr"] (schedules scale
-    from it). One optimizer object trains the whole model, with one state_dict."""
+    role, its peak lr, weight decay, norm and scale (the trainer sets each step's lr: Trainer.set_schedules).
+    One optimizer object trains the whole model, with one state_dict."""
     spec = OPTIMIZERS[optim.name]
     groups = []
     for name, role in optim.settings.roles().items():
         if params_by_role.get(name):
             groups.append(dict(params=params_by_role[name], role=name, lr=role_lr(optim.lr, role),
                                weight_decay=role.weight_decay, norm=role.norm, scale=role.scale))
-    opt = spec.build(groups, optim.settings, device)
-    for group in opt.param_groups:
-        group["initial_lr"] = group["lr"]
-    return opt
+    return spec.build(groups, optim.settings, device)

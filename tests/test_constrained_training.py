@@ -74,9 +74,9 @@ def test_constraints_hold_after_every_step(tmp_path, optim, method, extra):
     assert max(norms(t).values()) <= 1 + tol  # at_init: the initial weights are inside too
     apply, outside = t.constrain.apply, []
 
-    def spy():  # the norms the optimizer step left, before the constraint brings them back
+    def spy(lr):  # the norms the optimizer step left, before the constraint brings them back
         outside.append(max(norms(t).values()))
-        apply()
+        apply(lr)
 
     t.constrain.apply = spy
     for step in range(6):

@@ -361,7 +361,7 @@ def test_build_from_roles():
         roles = {g["role"]: g for g in opt.param_groups}
         assert set(roles) == {"embed", "hidden", "head", "scalar"}
         assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
-        assert all(g["initial_lr"] == g["lr"] for g in opt.param_groups)
+        assert all(g["lr"] == cfg.optim.role_lr(g["role"]) for g in opt.param_groups)
         if name == "muon":
             assert roles["hidden"]["algorithm"] == "muon" and roles["embed"]["algorithm"] == "adamw"
             assert roles["hidden"]["lr"] == cfg.optim.lr and roles["embed"]["lr"] == 0.6

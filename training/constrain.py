@@ -102,6 +102,12 @@ def soft_cap_limit() -> float:
     return SOFT_CAP_MAX_K - 1.0
 
 
+def muon_shape_scale(optim) -> str | None:
+    """The shape scaling of Muon's hidden updates (Muon's and NorMuon's, whose update has Muon's Frobenius
+    norm), which the automatic soft cap uses; None for the other optimizers."""
+    return optim.settings.shape_scale if optim.name in ("muon", "normuon") else None
+
+
 def settings_of(c) -> ConstraintSettings:
     """optimizers/constraints.py's settings from the [constraint] section."""
     return ConstraintSettings(power_iters=c.power_iters, power_iters_warm=c.power_iters_warm,
@@ -134,9 +140,11 @@ class Constrainer:
     Lipschitz bound at validations (`metrics`, `summary`). info: the run's DistInfo (rank, world_size);
     sync: the gradient reductions (their chunks say who owns a sharded matrix), or None."""
 
-    def __init__(self, cfg, model, optimizer, info, sync=None):
+    def __init__(self, cfg, model, info, sync=None, lr: dict[str, float] | None = None):
+        """lr: each role's learning rate for the constraint at initialization (the soft cap's max_update)."""
         c = cfg.constraint
-        self.cfg, self.model, self.optimizer, self.info = cfg, model, optimizer, info
+        self.cfg, self.model, self.info = cfg, model, info
+        self.muon_scale = muon_shape_scale(cfg.optim)
         self.settings = settings_of(c)
         self.overshoot = c.ns_overshoot
         by_role = model.params_by_role()
@@ -148,7 +156,7 @@ class Constrainer:
         self.bound_wanted = _bound_wanted(c.log_bound, cfg.model)
         self.last_bound: dict = {}
         if c.at_init:
-            self.apply(exact_first=True)
+            self.apply(lr or {}, exact_first=True)
 
     def describe(self) -> str:
         parts = [f"{p.role} {p.method} (max_norm {p.max_norm:g})" for p in self.plans]
@@ -160,8 +168,9 @@ class Constrainer:
     # -- after every optimizer step -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def apply(self, exact_first: bool = False) -> None:
-        """Constrain this rank's matrices, then gather every matrix from its owner. exact_first (the initial
+    def apply(self, lr: dict[str, float], exact_first: bool = False) -> None:
+        """Constrain this rank's matrices, then gather every matrix from its owner; lr: each role's learning
+        rate of the step just taken (the soft cap's max_update). exact_first (the initial
         weights): first divide every matrix by max(1, sigma_max / beta) with sigma_max from an SVD, since a cold
         power iteration can be several % low (measured: 3.8% on the 64-wide smoke matrices after 16 steps)
         and the soft cap keeps only matrices that start at most (1 + max_update / beta) above beta."""
@@ -178,22 +187,20 @@ class Constrainer:
             if exact_first:  # zero matrices (output projections, the head) stay zero: their power iteration
                 mine = [w for w in mine if bool(w.any())]  # starts cold at their first nonzero step instead
             for shape, ws in _by_shape(mine).items():
-                apply_constraint(plan.method, ws, plan.max_norm, plan.state, max_update=self._max_update(plan, shape),
-                                 settings=self.settings)
+                apply_constraint(plan.method, ws, plan.max_norm, plan.state,
+                                 max_update=self._max_update(plan, shape, lr.get(plan.role, 0.0)), settings=self.settings)
             if self.info.active:
                 _gather_weights(plan.chunks, self.info.rank, self.info.world_size)
 
-    def _max_update(self, plan: RolePlan, shape: tuple[int, int]) -> float | None:
-        """The soft cap's max_update at the current lr (None for the other methods)."""
+    def _max_update(self, plan: RolePlan, shape: tuple[int, int], lr: float) -> float | None:
+        """The soft cap's max_update at the role's lr (None for the other methods)."""
         if plan.method != "spectral_soft_cap":
             return None
-        # the role's param group now (optimizer.load_state_dict replaces the group dicts on resume)
-        g = next((g for g in self.optimizer.param_groups if g.get("role") == plan.role), {})
-        muon = g.get("shape_scale") if g.get("algorithm") == "muon" else None
+        muon = self.muon_scale if plan.role == "hidden" else None
         unit = unit_update_norm(plan.update_norm, muon, self.overshoot, shape, self.settings.shape_scaled)
         if unit is None:
             raise ValueError(f"constraint: the soft cap on the {plan.role} matrices needs update_norm > 0")
-        return g.get("lr", 0.0) * unit
+        return lr * unit
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
 
@@ -384,7 +391,7 @@ def _check_soft_caps(cfg) -> None:
         if rc.method != "spectral_soft_cap":
             continue
         optim = cfg.optim
-        muon = optim.settings.shape_scale if optim.name == "muon" and role == "hidden" else None
+        muon = muon_shape_scale(optim) if role == "hidden" else None
         lr = optim.role_lr(role)
         for shape in shapes[role]:
             unit = unit_update_norm(rc.update_norm, muon, c.ns_overshoot, shape, c.shape_scaled)

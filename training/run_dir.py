@@ -45,10 +45,12 @@ class RunOutputs:
             kept = [line for line in rows if json.loads(line)["step"] < step or 0 < json.loads(line)["step"] == step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, echo: bool = True) -> None:
+        """A line of log.txt, printed too (echo)."""
         if not self.is_main:
             return
-        print(message, flush=True)
+        if echo:
+            print(message, flush=True)
         if self._pending is not None:
             self._pending.append(message)
             return

@@ -1,6 +1,6 @@
 """Schedules as pure functions of the step, so that a resumed run follows the same curve.
 
-lr multiplier (applied to every param group's initial_lr):
+lr multiplier (Trainer.set_schedules, the one place it is applied: each role's lr = its peak lr x this):
 
     warmup   (step < W):            (step + 1) / W
     constant                         1
@@ -41,16 +41,6 @@ def lr_at(step: int, cfg) -> float:
     """The lr multiplier of a run's config at `step`."""
     s = cfg.schedule
     return lr_multiplier(step, s.steps, s.warmup_steps, s.cooldown_frac, s.final_lr_frac)
-
-
-def apply(optimizer, step: int, cfg) -> None:
-    """Set the lr (and a warming-up momentum) of every param group for `step`."""
-    mult = lr_at(step, cfg)
-    momentum = cfg.optim.settings.momentum_at(step)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * mult
-        if momentum is not None and "momentum" in group:
-            group["momentum"] = momentum
 
 
 # -- validation and gradient accumulation, as functions of the config ----------------------------------------
