@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from common.errors import DataNotFoundError, ShardError
+from common.paths import REPO
 from data.shard import load_shard, read_header
 
 DOWNLOAD_COMMAND = "python -m data.cached_fineweb10B 8"
@@ -24,11 +25,20 @@ STATE_VERSION = 1
 
 
 def find_shards(pattern):
-    """Return the sorted files matching the glob ``pattern``; raise if there are none."""
+    """Return the sorted files matching the glob ``pattern`` (a relative pattern: from the working folder,
+    else from the repository); raise if there are none."""
     files = sorted(glob.glob(pattern))
+    if not files and not os.path.isabs(pattern):
+        files = sorted(glob.glob(str(REPO / pattern)))
     if not files:
         raise DataNotFoundError(_missing_data_message(pattern))
     return files
+
+
+def open_shards(files, counts=None):
+    """The shards' tokens as read-only memmaps (``counts``: their headers' token counts, read already)."""
+    counts = counts if counts is not None else [None] * len(files)
+    return [load_shard(path, count) for path, count in zip(files, counts)]
 
 
 def _missing_data_message(pattern):
@@ -115,12 +125,13 @@ class TrainLoader:
 
     def __init__(self, files, *, seq_len, batch_size, rank=0, world_size=1, seed=0,
                  shuffle=False, align_to_docs=False, eot_token=50256, vocab_size=None,
-                 device="cpu"):
+                 device="cpu", token_counts=None):
         _check_positive(seq_len=seq_len, batch_size=batch_size)
         _check_rank(rank, world_size)
         self.files = _resolve_files(files)
-        for path in self.files:
-            read_header(path)  # fail early on a malformed shard
+        if token_counts is None:  # fail early on a malformed shard
+            token_counts = [read_header(path) for path in self.files]
+        self.token_counts = dict(zip(self.files, token_counts))
         self.seq_len, self.batch_size = seq_len, batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle, self.align_to_docs = seed, shuffle, align_to_docs
@@ -150,7 +161,7 @@ class TrainLoader:
     def _open_current_shard(self):
         """Memory-map the current shard, check its ids, and index its document starts."""
         path = self.current_file
-        tokens = load_shard(path)
+        tokens = load_shard(path, self.token_counts[path])
         check_vocab(tokens, self.vocab_size, path)
         self._tokens = tokens
         if self.align_to_docs:
@@ -270,31 +281,34 @@ def val_batches(files, *, tokens, seq_len, batch_size, rank=0, world_size=1, dev
                 vocab_size=None):
     """Return a generator of this rank's (inputs, targets) over the first ``tokens`` tokens.
 
-    Step ``s`` covers global tokens [s*W*B*T, (s+1)*W*B*T] (plus one for the last
-    target) of the concatenated validation shards; rank ``r`` gets rows r*B..r*B+B-1.
-    Rows may span two shards. Arguments are checked now, not at the first ``next``.
+    ``files``: a glob pattern, a list of shard paths, or the shards already opened (``open_shards``: what a
+    run validates on again and again, its headers read once). Step ``s`` covers global tokens
+    [s*W*B*T, (s+1)*W*B*T] (plus one for the last target) of the concatenated validation shards; rank
+    ``r`` gets rows r*B..r*B+B-1. Rows may span two shards. Arguments are checked now, not at the first
+    ``next``.
     """
     _check_rank(rank, world_size)
     steps = count_val_steps(tokens, seq_len, batch_size, world_size)
     if steps == 0:
         return iter(())
-    shards = _load_val_prefix(_resolve_files(files), tokens + 1, vocab_size)
+    opened = not isinstance(files, (str, os.PathLike)) and all(isinstance(f, np.ndarray) for f in files)
+    shards = _load_val_prefix(files if opened else open_shards(_resolve_files(files)), tokens + 1, vocab_size)
     return _iter_val_batches(shards, steps, seq_len, batch_size, rank, world_size, device)
 
 
-def _load_val_prefix(files, needed, vocab_size):
-    """Memory-map shards in order until they hold ``needed`` tokens; check their ids."""
+def _load_val_prefix(opened, needed, vocab_size):
+    """The opened shards in order until they hold ``needed`` tokens; their ids checked."""
     shards, total = [], 0
-    for path in files:
+    for tokens in opened:
         if total >= needed:
             break
-        tokens = load_shard(path)
-        check_vocab(tokens[:needed - total], vocab_size, path)
+        check_vocab(tokens[:needed - total], vocab_size, getattr(tokens, "filename", "a validation shard"))
         shards.append(tokens)
         total += len(tokens)
     if total < needed:
+        names = [os.path.basename(str(getattr(t, "filename", None) or "?")) for t in opened]
         raise ValueError(
-            f"validation files {files} hold {total} tokens, but eval.tokens={needed - 1} "
+            f"the validation files ({', '.join(names)}) hold {total} tokens, but eval.tokens={needed - 1} "
             f"needs {needed} (one extra for the last target)"
         )
     return shards

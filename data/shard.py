@@ -98,9 +98,13 @@ def _check_size(path, count):
     )
 
 
-def load_shard(path):
-    """Return the tokens of the shard at ``path`` as a read-only uint16 memmap."""
-    count = read_header(path)
+def load_shard(path, count=None):
+    """Return the tokens of the shard at ``path`` as a read-only uint16 memmap. ``count``: its token count
+    when the header was read already (the file's size is still checked against it)."""
+    if count is None:
+        count = read_header(path)
+    else:
+        _check_size(path, count)
     if count == 0:
         empty = np.empty(0, dtype=TOKEN_DTYPE)
         empty.flags.writeable = False

@@ -125,3 +125,32 @@ def test_no_future_warnings_from_the_collectives(tmp_path):
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FutureWarning" not in out.stderr + out.stdout
+
+
+def test_each_shard_is_resolved_once_and_its_header_read_once(tmp_path, monkeypatch):
+    """The run resolves the file patterns once and reads every shard's header once (at start-up, where the
+    shards are checked); the loader and every validation reuse those counts and the opened shards."""
+    import glob as glob_module
+
+    from data import loader, shard
+    from training import run_data
+
+    headers, globs = {}, []
+    real_header, real_glob = shard.read_header, glob_module.glob
+
+    def counted(path):
+        headers[str(path)] = headers.get(str(path), 0) + 1
+        return real_header(path)
+
+    def counted_glob(pattern, *args, **kwargs):
+        globs.append(pattern)
+        return real_glob(pattern, *args, **kwargs)
+
+    for module in (shard, loader, run_data):
+        monkeypatch.setattr(module, "read_header", counted)
+    monkeypatch.setattr(loader.glob, "glob", counted_glob)
+    code, run_dir = run(tmp_path, "--schedule.steps=6", "--eval.every=2")
+    assert code == 0 and len(read_metrics(run_dir)) >= 4  # several validations
+    data = [p for p in headers if "synthetic_" in p]
+    assert data and all(headers[p] == 1 for p in data), headers
+    assert len([g for g in globs if "synthetic_" in g]) == 2, globs  # train and validation, once each

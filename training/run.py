@@ -71,9 +71,9 @@ class Run:
         self.data = prepare_data(cfg, info, report.log)
         if trainer.compiling:
             report.watch_compilation()
-        trainer.build(self.data.train_files)
+        trainer.build(self.data.train_files, self.data.train_tokens)
         trainer.loader.open()  # the first training shard's token ids are checked now, not at step 1
-        trainer.val_files = self.data.val_files
+        trainer.val_shards = self.data.val_shards
         if state:
             self.load_state_dict(state)
         t0 = time.perf_counter()

@@ -15,14 +15,15 @@ Checks (each failure is a DataError or ShardError naming the file and the number
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import DataError
-from data.loader import check_vocab, find_shards
+from data.loader import check_vocab, find_shards, open_shards
 from data.shard import load_shard, read_header
+from data.synthetic import make_synthetic_shards, synthetic_entropy, synthetic_patterns
 from distributed.process_group import DistInfo, barrier
 from training.config import Config
 from training.schedule import interval_tokens
@@ -33,12 +34,16 @@ SEPARATOR_SAMPLE = 1_000_000  # tokens of the first shards searched for model.eo
 
 @dataclass(frozen=True)
 class RunData:
+    """The run's shards, resolved once (each pattern globbed once, each header read once): the trainer's
+    loader takes the files with their token counts, validation the opened validation shards."""
+
     train_files: list[str]
     val_files: list[str]
-    train_tokens: list[int]  # per file
+    train_tokens: list[int]  # per file, from its header
     val_tokens: list[int]
     synthetic: bool
     where: str  # the folder or pattern the files came from
+    val_shards: list = field(default_factory=list, repr=False)  # the validation shards' tokens (memmaps)
 
     def epochs(self, cfg: Config) -> float:
         """How many passes over the training tokens the schedule makes."""
@@ -70,17 +75,16 @@ def prepare_data(cfg: Config, info: DistInfo, log=print) -> RunData:
     if d.synthetic:
         train_pattern, val_pattern, where = _synthetic_shards(cfg, info, log)
     else:
-        train_pattern, val_pattern = repo_relative(d.train_files), repo_relative(d.val_files)
-        where = f"{d.train_files} and {d.val_files}"
+        train_pattern, val_pattern, where = d.train_files, d.val_files, f"{d.train_files} and {d.val_files}"
     train, val = find_shards(train_pattern), find_shards(val_pattern)
-    data = RunData(train, val, [read_header(f) for f in train], [read_header(f) for f in val], d.synthetic, where)
+    val_tokens = [read_header(f) for f in val]
+    data = RunData(train, val, [read_header(f) for f in train], val_tokens, d.synthetic, where,
+                   open_shards(val, val_tokens))
     check_data(cfg, data)
     return data
 
 
 def _synthetic_shards(cfg: Config, info: DistInfo, log) -> tuple[str, str, str]:
-    from data.synthetic import make_synthetic_shards, synthetic_entropy
-
     d, m = cfg.data, cfg.model
     params = dict(vocab_size=m.vocab_size, eot_token=m.eot_token, train_tokens=d.synthetic_train_tokens,
                   val_tokens=max(d.synthetic_val_tokens, cfg.eval.tokens + 1), seed=d.synthetic_seed)
@@ -89,7 +93,7 @@ def _synthetic_shards(cfg: Config, info: DistInfo, log) -> tuple[str, str, str]:
     if info.is_main:
         make_synthetic_shards(out_dir, **params)
     barrier(info)
-    train_pattern, val_pattern = make_synthetic_shards(out_dir, **params)  # no-op: already valid
+    train_pattern, val_pattern = synthetic_patterns(out_dir)
     h = synthetic_entropy(m.vocab_size, m.eot_token, d.synthetic_seed)
     log(f"data: synthetic Markov chain: achievable loss ~{h:.2f} nats, ln(vocab) = {math.log(m.vocab_size):.2f}")
     return train_pattern, val_pattern, str(out_dir)
@@ -111,24 +115,27 @@ def check_data(cfg: Config, data: RunData) -> None:
                         f"but eval.tokens = {cfg.eval.tokens:,} needs {needed:,} (one more for the last target): "
                         f"lower --eval.tokens or add validation data")
     _check_vocab(cfg, data)
-    check_separator(cfg.model.eot_token, data.train_files[0], data.val_files[0])
+    check_separator(cfg.model.eot_token, (data.train_files[0], load_shard(data.train_files[0], data.train_tokens[0])),
+                    (data.val_files[0], data.val_shards[0]))
 
 
 def _check_vocab(cfg: Config, data: RunData) -> None:
     """Token ids of the first training shard and of the validation prefix below model.vocab_size
     (the loader checks every other shard when it opens it)."""
-    check_vocab(load_shard(data.train_files[0]), cfg.model.vocab_size, data.train_files[0])
+    check_vocab(load_shard(data.train_files[0], data.train_tokens[0]), cfg.model.vocab_size, data.train_files[0])
     left = cfg.eval.tokens + 1
-    for path, count in zip(data.val_files, data.val_tokens):
+    for path, tokens in zip(data.val_files, data.val_shards):
         if left <= 0:
             break
-        check_vocab(load_shard(path)[:left], cfg.model.vocab_size, path)
-        left -= count
+        check_vocab(tokens[:left], cfg.model.vocab_size, path)
+        left -= len(tokens)
 
 
-def check_separator(eot: int, train_file: str, val_file: str) -> None:
-    """The config's separator against what the shards start with (module docstring)."""
-    heads = {path: load_shard(path)[:SEPARATOR_SAMPLE] for path in (train_file, val_file)}
+def check_separator(eot: int, train: tuple[str, np.ndarray], val: tuple[str, np.ndarray]) -> None:
+    """The config's separator against what the first training and validation shards (path, tokens) start with
+    (module docstring)."""
+    (train_file, _), (val_file, _) = train, val
+    heads = {path: tokens[:SEPARATOR_SAMPLE] for path, tokens in (train, val)}
     firsts = {int(t[0]) for t in heads.values() if len(t)}
     if len(firsts) == 1 and (first := firsts.pop()) != eot:
         raise DataError(f"model.eot_token = {eot}, but {train_file} and {val_file} both start with token {first}, "
@@ -139,10 +146,3 @@ def check_separator(eot: int, train_file: str, val_file: str) -> None:
             raise DataError(f"model.eot_token = {eot} never occurs in the first {len(tokens):,} tokens of {path} "
                             f"(they start with token {int(tokens[0])}): it cannot be these shards' document "
                             f"separator; set --model.eot_token to the token every document starts with")
-
-
-def repo_relative(pattern: str) -> str:
-    """Relative data paths are tried as given, then relative to the repository."""
-    if Path(pattern).is_absolute() or list(Path().glob(pattern)):
-        return pattern
-    return str(REPO / pattern)

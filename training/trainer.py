@@ -52,7 +52,7 @@ class Trainer:
         self.orthogonalized = 0  # matrices this rank orthogonalized in the last sharded step
         self.windows: dict[int, torch.Tensor] = {}  # attention window (tokens) -> its device tensor
         self.step_flops: dict[int, float] = {}  # attention window -> model FLOPs of one step
-        self.val_files: list[str] = []
+        self.val_shards: list = []  # the validation shards' tokens (data/loader.py open_shards)
         # build():
         self.model: GPT | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -69,8 +69,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # build
 
-    def build(self, train_files: list[str]) -> None:
-        """The model, its optimizer, this rank's data loader and the gradient reductions."""
+    def build(self, train_files: list[str], train_tokens: list[int] | None = None) -> None:
+        """The model, its optimizer, this rank's data loader (train_tokens: the files' token counts, when their
+        headers were read already) and the gradient reductions."""
         cfg, info = self.cfg, self.info
         if cfg.model.fp8_head and info.device.type == "cuda" and not fp8.supported(info.device):
             raise ConfigError(f"model.fp8_head needs FP8 tensor cores (compute capability 8.9+, e.g. H100); "
@@ -84,7 +85,7 @@ class Trainer:
             train_files, seq_len=cfg.model.seq_len, batch_size=cfg.data.micro_batch_size, rank=info.rank,
             world_size=info.world_size, seed=cfg.seed, shuffle=cfg.data.shuffle_shards,
             align_to_docs=cfg.data.align_to_docs, eot_token=cfg.model.eot_token, vocab_size=cfg.model.vocab_size,
-            device=info.device,
+            device=info.device, token_counts=train_tokens,
         )
         self.sync = self._grad_sync() if info.active else None
         self.constrain = Constrainer(cfg, self.model, info, self.sync, self.peak_lr)  # [constraint]: at init too
@@ -262,7 +263,7 @@ class Trainer:
         """The validation batches; their token ids were checked once at start-up (training/run_data.py), not
         again at every validation."""
         cfg, info = self.cfg, self.info
-        return val_batches(self.val_files, tokens=eval_tokens(cfg, step), seq_len=cfg.eval_seq_len,
+        return val_batches(self.val_shards, tokens=eval_tokens(cfg, step), seq_len=cfg.eval_seq_len,
                            batch_size=eval_batch_size(cfg, info.world_size), rank=info.rank,
                            world_size=info.world_size, device=info.device, vocab_size=None)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common.atomic import atomic_write_json
 from common.hardware import peak_memory_mib, reset_peak_memory, synchronize
+from data.loader import open_shards
 from data.synthetic import random_shards
 from distributed.process_group import init_distributed, shutdown
 from scripts.bench.timing import summarize, time_phases, time_steps
@@ -49,8 +50,8 @@ def step_worker(out: str, config: str, overrides: list[str], warmup: int, steps:
         during = watch.new_graphs()
         val = None
         if validate_too:
-            trainer.val_files = random_shards(Path(tmp), cfg.model.vocab_size, cfg.eval.tokens + 1, seed=1,
-                                              name="random_val_000000.bin")
+            trainer.val_shards = open_shards(random_shards(Path(tmp), cfg.model.vocab_size, cfg.eval.tokens + 1,
+                                                           seed=1, name="random_val_000000.bin"))
             reset_peak_memory(info.device)
             t0 = time.perf_counter()
             loss = trainer.validate(cfg.schedule.steps)  # the final validation: all of eval.tokens
