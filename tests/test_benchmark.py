@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from data import shakespeare
-from scripts.studies import benchmark
-from scripts.studies.benchmark import Reach, steps_to_target
-from scripts.studies.spec import SpecError
+from scripts.studies import benchmark, benchmark_spec
+from scripts.studies import scores as scoring
+from scripts.studies.scores import Reach, steps_to_target
+from scripts.studies.spec import SpecError, plan_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "configs/benchmarks").glob("*.toml"))
@@ -50,10 +51,10 @@ def test_reach_text():
     assert Reach(None, "never").text(200) == "> 200"
 
 
-def small_spec(**changes) -> benchmark.BenchmarkSpec:
+def small_spec(**changes) -> benchmark_spec.BenchmarkSpec:
     fields = dict(name="t", base="configs/track3_tiny.toml", optimizers=("muon", "adamw"), budgets=(50, 100, 200),
                   seeds=(0, 1), target="adamw@largest")
-    return benchmark.BenchmarkSpec(**{**fields, **changes})
+    return benchmark_spec.BenchmarkSpec(**{**fields, **changes})
 
 
 LADDER = {
@@ -66,7 +67,7 @@ LADDER = {
     (1.65, 1.65), ("adamw@largest", 1.65), ("adamw@largest:max", 1.7), ("adamw@100", 1.95), ("muon@200:max", 1.55),
 ])
 def test_resolve_target(target, value):
-    got, text = benchmark.resolve_target(small_spec(target=target), LADDER)
+    got, text = scoring.resolve_target(small_spec(target=target), LADDER)
     assert got == pytest.approx(value)
     assert f"{value:.4f}" in text or str(value) in text
 
@@ -74,14 +75,14 @@ def test_resolve_target(target, value):
 def test_resolve_target_needs_every_seed():
     ladder = {**LADDER, "adamw": {**LADDER["adamw"], 200: {0: 1.6, 1: math.inf}}}
     with pytest.raises(SpecError, match="no finite final loss"):
-        benchmark.resolve_target(small_spec(), ladder)
+        scoring.resolve_target(small_spec(), ladder)
     with pytest.raises(SpecError, match="no finite final loss"):
-        benchmark.resolve_target(small_spec(), {"muon": LADDER["muon"]})
+        scoring.resolve_target(small_spec(), {"muon": LADDER["muon"]})
 
 
 def test_score_means_ranges_and_ratio():
     spec = small_spec(target="adamw@largest:max")
-    scores = benchmark.score(spec, LADDER, 1.7)
+    scores = scoring.score(spec, LADDER, 1.7)
     muon, adamw = scores["muon"], scores["adamw"]
     assert adamw["reaches"][1] == Reach(200.0, "interpolated")  # its worst seed reaches 1.7 at exactly 200
     assert adamw["reaches"][0].steps == pytest.approx(100 * 2 ** ((1.9 - 1.7) / (1.9 - 1.6)))
@@ -90,7 +91,7 @@ def test_score_means_ranges_and_ratio():
     assert muon["mean"] == pytest.approx((100 + 100 * 2 ** 0.25) / 2)
     assert (muon["min"], muon["max"]) == (pytest.approx(100.0), pytest.approx(100 * 2 ** 0.25))
     assert muon["ratio"] == pytest.approx(muon["mean"] / adamw["mean"])
-    lower = benchmark.score(spec, LADDER, 1.52)  # adamw never gets there: no mean, no ratio for anyone
+    lower = scoring.score(spec, LADDER, 1.52)  # adamw never gets there: no mean, no ratio for anyone
     assert lower["adamw"]["mean"] is None and lower["adamw"]["reached"] == 0 and lower["muon"]["ratio"] is None
     assert lower["muon"]["reached"] == 1 and lower["muon"]["mean"] is None
 
@@ -115,13 +116,13 @@ GOOD = """
 
 
 def test_spec_defaults_and_grid(tmp_path):
-    spec = benchmark.load_benchmark(write_spec(tmp_path, GOOD + '[default_lr]\nadamw = 0.004\n'))
+    spec = benchmark_spec.load_benchmark(write_spec(tmp_path, GOOD + '[default_lr]\nadamw = 0.004\n'))
     assert spec.name == "bench" and spec.budgets == (50, 100) and spec.largest == 100
-    assert benchmark.default_lr(spec, "muon") == 0.025  # track3_tiny.toml trains muon at 0.025
-    assert benchmark.default_lr(spec, "adamw") == 0.004  # the spec's
-    assert benchmark.default_lr(spec, "scion") == 2.0 ** -12  # the registry's
-    assert benchmark.coarse_lrs(spec, "adamw") == (0.001, 0.002, 0.004, 0.008, 0.016)
-    lo, hi = benchmark.refine_lrs(0.004)
+    assert benchmark_spec.default_lr(spec, "muon") == 0.025  # track3_tiny.toml trains muon at 0.025
+    assert benchmark_spec.default_lr(spec, "adamw") == 0.004  # the spec's
+    assert benchmark_spec.default_lr(spec, "scion") == 2.0 ** -12  # the registry's
+    assert benchmark_spec.coarse_lrs(spec, "adamw") == (0.001, 0.002, 0.004, 0.008, 0.016)
+    lo, hi = benchmark_spec.refine_lrs(0.004)
     assert lo == pytest.approx(0.004 / 2 ** 0.5) and hi == pytest.approx(0.004 * 2 ** 0.5)
 
 
@@ -135,7 +136,7 @@ def test_spec_defaults_and_grid(tmp_path):
 ])
 def test_spec_errors(tmp_path, extra, message):
     with pytest.raises(SpecError, match=message):
-        benchmark.load_benchmark(write_spec(tmp_path, GOOD + extra))
+        benchmark_spec.load_benchmark(write_spec(tmp_path, GOOD + extra))
 
 
 @pytest.mark.parametrize("replace, message", [
@@ -148,19 +149,19 @@ def test_spec_errors(tmp_path, extra, message):
 ])
 def test_spec_errors_in_values(tmp_path, replace, message):
     with pytest.raises(SpecError, match=message):
-        benchmark.load_benchmark(write_spec(tmp_path, GOOD.replace(*replace)))
+        benchmark_spec.load_benchmark(write_spec(tmp_path, GOOD.replace(*replace)))
 
 
 def test_shipped_specs_plan_and_validate():
     assert {p.name for p in SHIPPED} >= {"cpu_shakespeare.toml", "track3_fineweb.toml"}
     for path in SHIPPED:
-        spec = benchmark.load_benchmark(path)
+        spec = benchmark_spec.load_benchmark(path)
         assert spec.base_path.is_file()
-        benchmark.check_configs(spec, world_size=spec.gpus_per_run)  # every optimizer's run config is valid
-        runs = benchmark.plan_runs(benchmark.phase_spec(spec, {o: benchmark.coarse_lrs(spec, o)
+        benchmark_spec.check_configs(spec, world_size=spec.gpus_per_run)  # every optimizer's run config is valid
+        runs = plan_runs(benchmark_spec.phase_spec(spec, {o: benchmark_spec.coarse_lrs(spec, o)
                                                                for o in spec.optimizers}, spec.budgets, spec.seeds))
         assert len({r.run_id for r in runs}) == len(runs) > 0
-    cpu = benchmark.load_benchmark(REPO / "configs/benchmarks/cpu_shakespeare.toml")
+    cpu = benchmark_spec.load_benchmark(REPO / "configs/benchmarks/cpu_shakespeare.toml")
     assert cpu.optimizers == ("muon", "scion", "adamw", "signum", "shampoo", "normuon", "prodigy") and cpu.slots <= 2
     assert cpu.overrides["checkpoint.every"] == 0 and cpu.overrides["checkpoint.final"] is False
 

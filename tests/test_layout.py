@@ -1,12 +1,20 @@
-"""The layout holds: no module imports a module that imports it back, no function of the project is
-longer than 60 lines, scripts never import the entry point, and each module named below exists."""
+"""The layout holds: no module imports a module that imports it back, the packages import only downward
+(LAYERS), no function of the project is longer than 60 lines and no file longer than 450, no sys.path
+edit anywhere, scripts never import the entry point nor another script, and configs import no other
+package inside a function."""
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("model", "optimizers", "training", "data", "scripts")
+PACKAGES = ("common", "data", "model", "optimizers", "distributed", "training", "scripts")
 MAX_FUNCTION_LINES = 60
+MAX_FILE_LINES = 450
+# Who may import whom: a module imports its own package and packages of lower layers only (data and model
+# sit side by side and import neither each other); the entry point and scripts sit on top.
+LAYERS = {"common": 0, "data": 1, "model": 1, "optimizers": 2, "distributed": 3, "training": 4, "scripts": 5,
+          "train_gpt": 6}
 
 
 def project_files() -> list[Path]:
@@ -73,3 +81,59 @@ def test_no_function_longer_than_the_limit():
                 if length > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def test_packages_import_only_downward():
+    files = project_files()
+    known = {module_name(f) for f in files}
+    wrong = []
+    for path in files:
+        mine = module_name(path).split(".")[0]
+        for dep in imports(path, known):
+            theirs = dep.split(".")[0]
+            if theirs != mine and LAYERS[theirs] >= LAYERS[mine]:
+                wrong.append(f"{path.relative_to(REPO)} imports {dep}")
+    assert not wrong, wrong
+
+
+def test_no_file_longer_than_the_limit():
+    long = [f"{p.relative_to(REPO)} ({n} lines)" for p in project_files()
+            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES]
+    assert not long, long
+
+
+def test_no_sys_path_edits():
+    """Everything imports as an installed package (pip install -e .; scripts run as modules)."""
+    files = project_files() + sorted((REPO / "tests").rglob("*.py")) + [REPO / "conftest.py"]
+    edit = re.compile(r"sys\.path\.(insert|append)\(")
+    edits = [str(p.relative_to(REPO)) for p in files if p != Path(__file__) and edit.search(p.read_text())]
+    assert not edits, edits
+
+
+def _is_script(path: Path) -> bool:
+    return 'if __name__ == "__main__":' in path.read_text() or path.name == "__main__.py"
+
+
+def test_scripts_import_library_modules_only():
+    """A script (a module with a __main__ block) imports packages and library modules, never another script."""
+    scripts = {module_name(p) for p in (REPO / "scripts").rglob("*.py") if _is_script(p)}
+    wrong = []
+    for path in sorted((REPO / "scripts").rglob("*.py")):
+        for dep in imports(path, scripts):
+            if dep != module_name(path) and not (path.name == "__main__.py" and dep.endswith(".cli")):
+                wrong.append(f"{path.relative_to(REPO)} imports the script {dep}")
+    assert not wrong, wrong
+
+
+def test_configs_import_nothing_inside_functions():
+    """Each package's config module imports what it checks at the top: no function-level import of another
+    package (the configs assemble; they do not reach into other packages at run time)."""
+    configs = [REPO / f"{p}/config.py" for p in ("model", "data", "optimizers", "training")] + [
+        REPO / "common/config_io.py"]
+    lazy = []
+    for path in configs:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lazy += [f"{path.relative_to(REPO)}:{n.lineno}" for n in ast.walk(node)
+                         if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not lazy, lazy

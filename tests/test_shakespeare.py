@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import train_gpt
-from data import shakespeare
+from data import char_vocab, shakespeare
 from data.shard import load_shard, read_header
 from training.config import load_config
 from training.run_dir import read_metrics
@@ -48,7 +48,7 @@ def text_file(tmp_path):
 
 def decoded_documents(path, vocab):
     """The documents of a character shard, decoded."""
-    return [vocab.decode(d) for d in shakespeare.split_documents(load_shard(path), 0)]
+    return [vocab.decode(d) for d in char_vocab.split_documents(load_shard(path), 0)]
 
 
 # ----- characters from --text ------------------------------------------------------------
@@ -57,7 +57,7 @@ def decoded_documents(path, vocab):
 def test_char_shards_round_trip(tmp_path, text_file, capsys):
     out = tmp_path / "out"
     summary = shakespeare.main(["--text", text_file, "--out", str(out), "--val-every", "3"])
-    vocab = shakespeare.load_char_vocab(out / "vocab.json")
+    vocab = char_vocab.load_char_vocab(out / "vocab.json")
     assert vocab.chars == "".join(sorted(set("".join(PLAYS)))) and vocab.vocab_size == len(vocab.chars) + 1
     train_path, val_path = out / "shakespeare_train_000000.bin", out / "shakespeare_val_000000.bin"
     val = decoded_documents(val_path, vocab)
@@ -86,7 +86,7 @@ def test_rerun_overwrites_with_the_same_bytes(tmp_path, text_file):
 
 def test_char_encode_matches_a_plain_lookup():
     text = "".join(PLAYS) + "ü☃"
-    vocab = shakespeare.CharVocab.from_texts([text])
+    vocab = char_vocab.CharVocab.from_texts([text])
     reference = [vocab.chars.index(c) + 1 for c in text]
     np.testing.assert_array_equal(vocab.encode(text), reference)
     assert vocab.decode(vocab.encode(text)) == text
@@ -95,13 +95,13 @@ def test_char_encode_matches_a_plain_lookup():
 
 
 def test_vocab_json_is_checked(tmp_path):
-    vocab = shakespeare.CharVocab.from_texts(["abc"])
+    vocab = char_vocab.CharVocab.from_texts(["abc"])
     data = vocab.to_json()
     assert data["id_to_char"] == {"1": "a", "2": "b", "3": "c"} and data["separator_id"] == 0
     data["vocab_size"] = 5
     (tmp_path / "vocab.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="inconsistent vocabulary"):
-        shakespeare.load_char_vocab(tmp_path / "vocab.json")
+        char_vocab.load_char_vocab(tmp_path / "vocab.json")
 
 
 def test_single_document_is_cut_at_a_blank_line():
@@ -155,7 +155,7 @@ def test_poems_join_training_only(tmp_path):
                                 "--include-poems"])
     assert "sonnets" in [d["name"] for d in summary["train"]]
     assert [d["name"] for d in summary["val"]] == ["play1", "play3", "play5"]
-    vocab = shakespeare.load_char_vocab(tmp_path / "out/vocab.json")
+    vocab = char_vocab.load_char_vocab(tmp_path / "out/vocab.json")
     assert "*" in vocab.chars  # only the sonnet has it
 
 
@@ -213,9 +213,9 @@ def test_gpt2_shards_round_trip(tmp_path, text_file, bpe_file):
     encoder = shakespeare.gpt2_encoder(bpe_file)
     assert summary["separator_id"] == 50256 and not (out / "vocab.json").exists()
     val = [encoder.decode(d.tolist()) for d in
-           shakespeare.split_documents(load_shard(out / "shakespeare_val_000000.bin"), 50256)]
+           char_vocab.split_documents(load_shard(out / "shakespeare_val_000000.bin"), 50256)]
     train = [encoder.decode(d.tolist()) for d in
-             shakespeare.split_documents(load_shard(out / "shakespeare_train_000000.bin"), 50256)]
+             char_vocab.split_documents(load_shard(out / "shakespeare_train_000000.bin"), 50256)]
     assert val == [PLAYS[2], PLAYS[5]]
     assert sorted(train) == sorted(p for i, p in enumerate(PLAYS) if i not in (2, 5))
     assert summary["val_tokens"] < sum(len(p) + 1 for p in val)  # the merges were used
@@ -233,12 +233,12 @@ def test_missing_bpe_file_explains_the_offline_route(tmp_path, text_file):
 
 def test_config_reads_the_char_shards():
     cfg = load_config(CONFIG)
-    assert not cfg.data.synthetic and cfg.model.eot_token == shakespeare.CHAR_SEPARATOR_ID
+    assert not cfg.data.synthetic and cfg.model.eot_token == char_vocab.CHAR_SEPARATOR_ID
     assert cfg.data.train_files == "data/shakespeare_char/shakespeare_train_*.bin"
     assert cfg.data.val_files == "data/shakespeare_char/shakespeare_val_*.bin"
     prepared = REPO / "data/shakespeare_char/vocab.json"
     if prepared.exists():  # the real plays have been prepared here: the config must fit them
-        assert cfg.model.vocab_size == shakespeare.load_char_vocab(prepared).vocab_size
+        assert cfg.model.vocab_size == char_vocab.load_char_vocab(prepared).vocab_size
 
 
 @pytest.mark.slow

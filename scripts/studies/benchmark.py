@@ -49,6 +49,7 @@ the folder into records/<track>/<date>_<name>/ (scripts/records/ add-study) and 
 records/README.md.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,8 @@ import datetime
 import json
 import math
 import os
-import re
 import shutil
 import signal
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -69,9 +68,17 @@ from common.atomic import atomic_write_json, atomic_write_text
 from common.errors import ConfigError
 from common.exit_codes import EXIT_INTERRUPTED
 from common.hardware import cpu_model
-from common.paths import REPO
-from optimizers.registry import OPTIMIZERS
 from scripts.records import book as records
+from scripts.studies.benchmark_spec import (
+    PLOT,
+    BenchmarkSpec,
+    check_configs,
+    coarse_lrs,
+    default_lr,
+    load_benchmark,
+    phase_spec,
+    refine_lrs,
+)
 from scripts.studies.results import collect_results, plot_lr_transfer, write_csv
 from scripts.studies.runner import (
     FINISHED,
@@ -85,237 +92,8 @@ from scripts.studies.runner import (
     parse_gpus,
     runs_to_do,
 )
-from scripts.studies.spec import Axis, PlotSpec, SpecError, SweepSpec, check_spec, flatten, plan_runs, read_toml
-from training.config import load_config, validate
-
-SPEC_KEYS = ("name", "base", "optimizers", "budgets", "seeds", "target", "reference", "search", "default_lr",
-             "overrides", "extra", "slots", "gpus_per_run", "retries", "track")
-SEARCH_KEYS = ("grid", "refine", "seed")
-TARGET = re.compile(r"^(?P<opt>[A-Za-z0-9_]+)@(?P<budget>largest|\d+)(:(?P<how>mean|max))?$")
-PLOT = PlotSpec(x="optim.lr", curves="schedule.steps", panels="optim.name")
-
-
-# ----------------------------------------------------------------------------------------------
-# The spec
-
-
-@dataclass(frozen=True)
-class BenchmarkSpec:
-    name: str
-    base: str  # the base config (relative to the repository root)
-    optimizers: tuple[str, ...]
-    budgets: tuple[int, ...]  # the ladder of schedule lengths, ascending
-    seeds: tuple[int, ...]
-    target: float | str  # a loss, or "OPT@largest[:mean|:max]" / "OPT@<budget>[...]"
-    reference: str = "adamw"  # ratios are to this optimizer's mean steps (none if it is not benchmarked)
-    grid: tuple[float, ...] = (-2, -1, 0, 1, 2)  # coarse search: default lr x 2^k
-    refine: bool = True  # then best x 2^(+-1/2)
-    search_seed: int = 0
-    default_lr: dict = field(default_factory=dict)  # optimizer -> the grid's centre
-    overrides: dict = field(default_factory=dict)  # dotted key -> value, for every run
-    extra: dict = field(default_factory=dict)  # optimizer -> {dotted key: value} for its runs only
-    slots: int = 1  # runs at once without GPUs
-    gpus_per_run: int = 1
-    retries: int = 1
-    track: str = ""  # records/<track>/ for --record
-
-    @property
-    def base_path(self) -> Path:
-        return Path(self.base) if Path(self.base).is_absolute() else REPO / self.base
-
-    @property
-    def largest(self) -> int:
-        return self.budgets[-1]
-
-
-def load_benchmark(path: str | Path) -> BenchmarkSpec:
-    """Read and check a benchmark spec (TOML); errors name the key."""
-    path = Path(path)
-    raw = read_toml(path, SPEC_KEYS)
-    for key in ("base", "optimizers", "budgets", "seeds", "target"):
-        if key not in raw:
-            raise SpecError(f"{path}: no `{key}`")
-    search = raw.get("search", {})
-    unknown = sorted(set(search) - set(SEARCH_KEYS))
-    if unknown:
-        raise SpecError(f"search: unknown key(s) {', '.join(unknown)} (valid: {', '.join(SEARCH_KEYS)})")
-    seeds = tuple(_ints(raw["seeds"], "seeds"))
-    bench = BenchmarkSpec(
-        name=str(raw.get("name", path.stem)), base=str(raw["base"]), optimizers=tuple(raw["optimizers"]),
-        budgets=tuple(sorted(_ints(raw["budgets"], "budgets"))), seeds=seeds, target=raw["target"],
-        reference=str(raw.get("reference", "adamw")), grid=tuple(search.get("grid", BenchmarkSpec.grid)),
-        refine=bool(search.get("refine", True)), search_seed=int(search.get("seed", seeds[0] if seeds else 0)),
-        default_lr=dict(raw.get("default_lr", {})), overrides=flatten(raw.get("overrides", {})),
-        extra={k: flatten(v) for k, v in raw.get("extra", {}).items()}, slots=int(raw.get("slots", 1)),
-        gpus_per_run=int(raw.get("gpus_per_run", 1)), retries=int(raw.get("retries", 1)),
-        track=str(raw.get("track", "")),
-    )
-    check_benchmark(bench, explicit_reference="reference" in raw)
-    return bench
-
-
-def _ints(values, key: str) -> list[int]:
-    """A non-empty list of distinct whole numbers: positive (budgets) or non-negative (seeds)."""
-    lowest = 0 if key == "seeds" else 1
-    if not isinstance(values, list) or not values or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= lowest for v in values):
-        raise SpecError(f"{key} = {values!r}: expected a non-empty list of whole numbers >= {lowest}")
-    if len(set(values)) != len(values):
-        raise SpecError(f"{key} = {values!r}: a value is listed twice")
-    return values
-
-
-def check_benchmark(bench: BenchmarkSpec, explicit_reference: bool = True) -> None:
-    """What cannot work: unknown optimizers, a target that names no rung, an empty grid, ..."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", bench.name):
-        raise SpecError(f"name = {bench.name!r}: use letters, digits, '_', '-' and '.' (it names a folder)")
-    if not bench.optimizers or len(set(bench.optimizers)) != len(bench.optimizers):
-        raise SpecError(f"optimizers = {list(bench.optimizers)}: expected a non-empty list without repeats")
-    for key, names in (("optimizers", bench.optimizers), ("default_lr", bench.default_lr), ("extra", bench.extra)):
-        bad = [n for n in names if n not in OPTIMIZERS]
-        if bad:
-            raise SpecError(f"{key}: unknown optimizer(s) {', '.join(bad)} (known: {', '.join(OPTIMIZERS)})")
-    if any(not isinstance(v, (int, float)) or v <= 0 for v in bench.default_lr.values()):
-        raise SpecError(f"default_lr = {bench.default_lr}: every learning rate must be a positive number")
-    if not bench.grid or not all(isinstance(k, (int, float)) for k in bench.grid) or len(set(bench.grid)) != len(
-            bench.grid):
-        raise SpecError(f"search.grid = {list(bench.grid)}: expected exponents k (lr = default x 2^k), no repeats")
-    if explicit_reference and bench.reference not in bench.optimizers:
-        raise SpecError(f"reference = {bench.reference!r} is not one of the optimizers {list(bench.optimizers)}")
-    if bench.slots < 1 or bench.gpus_per_run < 1 or bench.retries < 0:
-        raise SpecError(f"slots ({bench.slots}) and gpus_per_run ({bench.gpus_per_run}) must be >= 1, "
-                        f"retries ({bench.retries}) >= 0")
-    parse_target(bench)
-
-
-def parse_target(bench: BenchmarkSpec) -> tuple[str, int, str] | float:
-    """A number, or (optimizer, budget, "mean" | "max") for a target read off the ladder."""
-    target = bench.target
-    if isinstance(target, (int, float)) and not isinstance(target, bool):
-        if target <= 0:
-            raise SpecError(f"target = {target}: a validation loss must be positive")
-        return float(target)
-    match = TARGET.match(str(target))
-    if not match:
-        raise SpecError(f"target = {target!r}: expected a loss or 'OPT@largest' (':max' for the worst seed), "
-                        "'OPT@<budget>'")
-    budget = bench.largest if match["budget"] == "largest" else int(match["budget"])
-    if match["opt"] not in bench.optimizers:
-        raise SpecError(f"target = {target!r}: {match['opt']} is not one of the optimizers {list(bench.optimizers)}")
-    if budget not in bench.budgets:
-        raise SpecError(f"target = {target!r}: {budget} is not one of the budgets {list(bench.budgets)}")
-    return match["opt"], budget, match["how"] or "mean"
-
-
-def default_lr(bench: BenchmarkSpec, name: str) -> float:
-    """The centre of an optimizer's grid: the spec's, the base config's (if it trains `name`), or the registry's."""
-    if name in bench.default_lr:
-        return float(bench.default_lr[name])
-    base = load_config(bench.base_path)
-    return float(base.optim.lr) if base.optim.name == name else float(OPTIMIZERS[name].lr)
-
-
-def coarse_lrs(bench: BenchmarkSpec, name: str) -> tuple[float, ...]:
-    centre = default_lr(bench, name)
-    return tuple(centre * 2.0 ** k for k in sorted(bench.grid))
-
-
-def refine_lrs(best: float) -> tuple[float, ...]:
-    """The midpoints in log space between the best lr and its neighbours on a grid in factors of 2."""
-    return (best * 2.0 ** -0.5, best * 2.0 ** 0.5)
-
-
-def phase_spec(bench: BenchmarkSpec, lrs: dict, budgets, seeds) -> SweepSpec:
-    """One phase as a sweep over the benchmark's folder: lrs = {optimizer: its learning rates}."""
-    opts = [o for o in bench.optimizers if lrs.get(o)]
-    axes = (Axis("optim.name", tuple(opts)), Axis("schedule.steps", tuple(budgets)),
-            Axis("optim.lr", by="optim.name", per_value={o: tuple(lrs[o]) for o in opts}), Axis("seed", tuple(seeds)))
-    spec = SweepSpec(name=bench.name, base=bench.base, axes=axes, overrides=bench.overrides,
-                     extra={"optim.name": {o: bench.extra.get(o, {}) for o in opts}},
-                     gpus_per_run=bench.gpus_per_run, retries=bench.retries, plot=PLOT)
-    check_spec(spec)
-    return spec
-
-
-def check_configs(bench: BenchmarkSpec, world_size: int = 1) -> None:
-    """Every optimizer's run config is one the trainer accepts (before any compute); ConfigError names the key."""
-    for name in bench.optimizers:
-        spec = phase_spec(bench, {name: (default_lr(bench, name),)}, (bench.largest,), (bench.search_seed,))
-        for run in plan_runs(spec):
-            validate(load_config(bench.base_path, list(run.overrides)), world_size=world_size)
-
-
-# ----------------------------------------------------------------------------------------------
-# Steps to target
-
-
-@dataclass(frozen=True)
-class Reach:
-    """When one seed's ladder reaches the target: steps (None: not within the largest budget) and
-    how: "interpolated", "smallest" (reached at the smallest budget: an upper bound), "never"."""
-
-    steps: float | None
-    how: str
-
-    def text(self, largest: int) -> str:
-        if self.steps is None:
-            return f"> {largest}"
-        return f"<= {self.steps:.0f}" if self.how == "smallest" else f"{self.steps:.0f}"
-
-
-def steps_to_target(losses: dict, target: float) -> Reach:
-    """losses = {budget: final validation loss of the run of that length} (inf or None: diverged or
-    missing). The smallest budget b whose loss is <= target; with the budget a below it (loss above
-    the target), log(steps) = log a + (L_a - target) / (L_a - L_b) x (log b - log a)."""
-    budgets = sorted(losses)
-    for i, b in enumerate(budgets):
-        loss_b = losses[b]
-        if loss_b is None or not math.isfinite(loss_b) or loss_b > target:
-            continue
-        if i == 0:
-            return Reach(float(b), "smallest")
-        a, loss_a = budgets[i - 1], losses[budgets[i - 1]]
-        if loss_a is None or not math.isfinite(loss_a):  # the shorter run diverged: no line to follow
-            return Reach(float(b), "interpolated")
-        frac = (loss_a - target) / (loss_a - loss_b)
-        return Reach(a * (b / a) ** frac, "interpolated")  # exp(log a + frac (log b - log a))
-    return Reach(None, "never")
-
-
-def resolve_target(bench: BenchmarkSpec, ladder: dict) -> tuple[float, str]:
-    """The target loss and how it was found; ladder = {optimizer: {budget: {seed: loss}}}."""
-    parsed = parse_target(bench)
-    if isinstance(parsed, float):
-        return parsed, f"{parsed:g} (set in the spec)"
-    opt, budget, how = parsed
-    losses = list(ladder.get(opt, {}).get(budget, {}).values())
-    if len(losses) < len(bench.seeds) or not all(x is not None and math.isfinite(x) for x in losses):
-        raise SpecError(f"target = {bench.target!r}: {opt} has no finite final loss at {budget} steps for every seed "
-                        f"({losses}); set a number instead")
-    value = max(losses) if how == "max" else statistics.fmean(losses)
-    which = "the worst" if how == "max" else "the mean"
-    return value, f"{value:.4f} = {bench.target} ({which} of {opt}'s {len(losses)} seeds at {budget} steps)"
-
-
-def score(bench: BenchmarkSpec, ladder: dict, target: float) -> dict:
-    """Per optimizer: each seed's Reach, and the mean, min and max steps when every seed reaches."""
-    scores = {}
-    for opt, by_budget in ladder.items():
-        reaches = {s: steps_to_target({b: by_budget.get(b, {}).get(s) for b in bench.budgets}, target)
-                   for s in bench.seeds}
-        steps = [r.steps for r in reaches.values()]
-        done = all(x is not None for x in steps)
-        scores[opt] = {"reaches": reaches, "mean": statistics.fmean(steps) if done else None,
-                       "min": min(steps) if done else None, "max": max(steps) if done else None,
-                       "reached": sum(x is not None for x in steps)}
-    ref = scores.get(bench.reference, {}).get("mean")
-    for s in scores.values():
-        s["ratio"] = s["mean"] / ref if s["mean"] is not None and ref else None
-    return scores
-
-
-# ----------------------------------------------------------------------------------------------
-# Running the phases
+from scripts.studies.scores import headline, ladder_rows, lr_text, resolve_target, score, search_rows, steps_rows
+from scripts.studies.spec import SpecError, SweepSpec, plan_runs
 
 
 @dataclass
@@ -405,70 +183,10 @@ def ladder(ctx: Context, searched: dict) -> tuple[dict, list[dict]]:
     return losses, rows
 
 
-# ----------------------------------------------------------------------------------------------
-# The report: table.md, benchmark.json, results.csv, the figures
-
-
-def _lr(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def _loss(x) -> str:
-    return "n/a" if x is None else ("diverged" if not math.isfinite(x) else f"{x:.4f}")
-
-
-def steps_rows(bench: BenchmarkSpec, searched: dict, scores: dict) -> list[str]:
-    """The main table: best lr, steps to target (mean, range, per seed), ratio to the reference."""
-    lines = [f"| optimizer | best lr | steps to target (mean over seeds) | range (min-max) | per seed "
-             f"| x {bench.reference} |", "| --- | ---: | ---: | ---: | --- | ---: |"]
-    for opt in bench.optimizers:
-        best = searched[opt]["best"]
-        lr = "none trained" if best is None else _lr(best) + (" EDGE" if searched[opt]["edge"] else "")
-        s = scores.get(opt)
-        if s is None:
-            lines.append(f"| {opt} | {lr} | n/a | n/a | n/a | n/a |")
-            continue
-        if s["mean"] is not None:
-            mean, spread = f"{s['mean']:.0f}", f"{s['min']:.0f}-{s['max']:.0f}"
-            if all(r.how == "smallest" for r in s["reaches"].values()):
-                mean = f"<= {s['mean']:.0f}"
-        else:
-            mean, spread = f"> {bench.largest} ({s['reached']} of {len(bench.seeds)} seeds reach it)", "n/a"
-        seeds = ", ".join(r.text(bench.largest) for r in s["reaches"].values())
-        ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}"
-        lines.append(f"| {opt} | {lr} | {mean} | {spread} | {seeds} | {ratio} |")
-    return lines
-
-
-def ladder_rows(bench: BenchmarkSpec, losses: dict) -> list[str]:
-    lines = ["| optimizer | " + " | ".join(f"{b} steps" for b in bench.budgets) + " |",
-             "| --- | " + " | ".join("---:" for _ in bench.budgets) + " |"]
-    for opt, by_budget in losses.items():
-        cells = []
-        for b in bench.budgets:
-            xs = list(by_budget.get(b, {}).values())
-            finite = [x for x in xs if x is not None and math.isfinite(x)]
-            if len(finite) == len(xs) and len(xs) > 1:
-                cells.append(f"{statistics.fmean(xs):.4f} ± {statistics.stdev(xs):.4f}")
-            else:
-                cells.append(", ".join(_loss(x) for x in xs) or "n/a")
-        lines.append(f"| {opt} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def search_rows(bench: BenchmarkSpec, searched: dict) -> list[str]:
-    lines = ["| optimizer | default lr | final validation loss per lr (best in bold) |", "| --- | ---: | --- |"]
-    for opt, s in searched.items():
-        cells = [(f"**{_lr(lr)}: {_loss(x)}**" if lr == s["best"] else f"{_lr(lr)}: {_loss(x)}")
-                 for lr, x in s["losses"].items()]
-        lines.append(f"| {opt} | {_lr(s['default'])} | {', '.join(cells)} |")
-    return lines
-
-
 def render_table(ctx: Context, searched: dict, losses: dict, scores: dict, target_text: str, machine: str) -> str:
     bench = ctx.bench
     grid = ", ".join(f"{k:+g}" for k in sorted(bench.grid))
-    warnings = [f"**WARNING: {opt}'s best lr {_lr(s['best'])} is the "
+    warnings = [f"**WARNING: {opt}'s best lr {lr_text(s['best'])} is the "
                 f"{'smallest' if s['best'] == min(s['losses']) else 'largest'} one tried: widen search.grid on that "
                 "side.**" for opt, s in searched.items() if s["edge"]]
     warnings += [f"**WARNING: {opt}: every lr of the search diverged or failed.**"
@@ -487,18 +205,6 @@ def render_table(ctx: Context, searched: dict, losses: dict, scores: dict, targe
         f"## Learning-rate search ({bench.largest} steps, seed {bench.search_seed})", "",
         f"Grid: default lr x 2^k, k = {grid}" + ("; then the best x 2^(+-1/2)." if bench.refine else "."), "",
         *search_rows(bench, searched), ""])
-
-
-def headline(bench: BenchmarkSpec, scores: dict, target: float) -> str:
-    parts = []
-    for opt, s in scores.items():
-        if s["mean"] is None:
-            parts.append(f"{opt} > {bench.largest}")
-        else:
-            shown = s["ratio"] is not None and opt != bench.reference
-            ratio = f" ({s['ratio']:.2f}x {bench.reference})" if shown else ""
-            parts.append(f"{opt} {s['mean']:.0f}{ratio}")
-    return f"steps to val loss {target:.4f} ({bench.target}): " + ", ".join(parts)
 
 
 def plot_loss_curves(ctx: Context, searched: dict, rows: list[dict], target: float | None, out: Path) -> Path | None:
@@ -521,7 +227,7 @@ def plot_loss_curves(ctx: Context, searched: dict, rows: list[dict], target: flo
             if not points:
                 continue
             ax.plot([m["step"] for m in points], [m["val_loss"] for m in points], styles[j % 4], color=colors(i % 10),
-                    lw=1.4, marker=".", ms=4, label=f"{opt} lr {_lr(best)}" if j == 0 else None)
+                    lw=1.4, marker=".", ms=4, label=f"{opt} lr {lr_text(best)}" if j == 0 else None)
             late += [m["val_loss"] for m in points if m["step"] >= bench.largest / 4]
     if not late:
         plt.close(fig)
@@ -592,10 +298,6 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
     }
     atomic_write_json(root / "benchmark.json", data)
     return data
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
 
 
 def prepare(args) -> Context:

@@ -1,0 +1,172 @@
+"""A benchmark spec (configs/benchmarks/*.toml) and what follows from it alone: its checks, the target it
+names, each optimizer's learning rates to search, and the sweep spec of a phase. The protocol:
+scripts/studies/benchmark.py."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.paths import REPO
+from optimizers.registry import OPTIMIZERS
+from scripts.studies.spec import Axis, PlotSpec, SpecError, SweepSpec, check_spec, flatten, plan_runs, read_toml
+from training.config import load_config, validate
+
+SPEC_KEYS = ("name", "base", "optimizers", "budgets", "seeds", "target", "reference", "search", "default_lr",
+             "overrides", "extra", "slots", "gpus_per_run", "retries", "track")
+
+
+SEARCH_KEYS = ("grid", "refine", "seed")
+
+
+TARGET = re.compile(r"^(?P<opt>[A-Za-z0-9_]+)@(?P<budget>largest|\d+)(:(?P<how>mean|max))?$")
+
+
+PLOT = PlotSpec(x="optim.lr", curves="schedule.steps", panels="optim.name")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    base: str  # the base config (relative to the repository root)
+    optimizers: tuple[str, ...]
+    budgets: tuple[int, ...]  # the ladder of schedule lengths, ascending
+    seeds: tuple[int, ...]
+    target: float | str  # a loss, or "OPT@largest[:mean|:max]" / "OPT@<budget>[...]"
+    reference: str = "adamw"  # ratios are to this optimizer's mean steps (none if it is not benchmarked)
+    grid: tuple[float, ...] = (-2, -1, 0, 1, 2)  # coarse search: default lr x 2^k
+    refine: bool = True  # then best x 2^(+-1/2)
+    search_seed: int = 0
+    default_lr: dict = field(default_factory=dict)  # optimizer -> the grid's centre
+    overrides: dict = field(default_factory=dict)  # dotted key -> value, for every run
+    extra: dict = field(default_factory=dict)  # optimizer -> {dotted key: value} for its runs only
+    slots: int = 1  # runs at once without GPUs
+    gpus_per_run: int = 1
+    retries: int = 1
+    track: str = ""  # records/<track>/ for --record
+
+    @property
+    def base_path(self) -> Path:
+        return Path(self.base) if Path(self.base).is_absolute() else REPO / self.base
+
+    @property
+    def largest(self) -> int:
+        return self.budgets[-1]
+
+
+def load_benchmark(path: str | Path) -> BenchmarkSpec:
+    """Read and check a benchmark spec (TOML); errors name the key."""
+    path = Path(path)
+    raw = read_toml(path, SPEC_KEYS)
+    for key in ("base", "optimizers", "budgets", "seeds", "target"):
+        if key not in raw:
+            raise SpecError(f"{path}: no `{key}`")
+    search = raw.get("search", {})
+    unknown = sorted(set(search) - set(SEARCH_KEYS))
+    if unknown:
+        raise SpecError(f"search: unknown key(s) {', '.join(unknown)} (valid: {', '.join(SEARCH_KEYS)})")
+    seeds = tuple(_ints(raw["seeds"], "seeds"))
+    bench = BenchmarkSpec(
+        name=str(raw.get("name", path.stem)), base=str(raw["base"]), optimizers=tuple(raw["optimizers"]),
+        budgets=tuple(sorted(_ints(raw["budgets"], "budgets"))), seeds=seeds, target=raw["target"],
+        reference=str(raw.get("reference", "adamw")), grid=tuple(search.get("grid", BenchmarkSpec.grid)),
+        refine=bool(search.get("refine", True)), search_seed=int(search.get("seed", seeds[0] if seeds else 0)),
+        default_lr=dict(raw.get("default_lr", {})), overrides=flatten(raw.get("overrides", {})),
+        extra={k: flatten(v) for k, v in raw.get("extra", {}).items()}, slots=int(raw.get("slots", 1)),
+        gpus_per_run=int(raw.get("gpus_per_run", 1)), retries=int(raw.get("retries", 1)),
+        track=str(raw.get("track", "")),
+    )
+    check_benchmark(bench, explicit_reference="reference" in raw)
+    return bench
+
+
+def _ints(values, key: str) -> list[int]:
+    """A non-empty list of distinct whole numbers: positive (budgets) or non-negative (seeds)."""
+    lowest = 0 if key == "seeds" else 1
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= lowest for v in values):
+        raise SpecError(f"{key} = {values!r}: expected a non-empty list of whole numbers >= {lowest}")
+    if len(set(values)) != len(values):
+        raise SpecError(f"{key} = {values!r}: a value is listed twice")
+    return values
+
+
+def check_benchmark(bench: BenchmarkSpec, explicit_reference: bool = True) -> None:
+    """What cannot work: unknown optimizers, a target that names no rung, an empty grid, ..."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", bench.name):
+        raise SpecError(f"name = {bench.name!r}: use letters, digits, '_', '-' and '.' (it names a folder)")
+    if not bench.optimizers or len(set(bench.optimizers)) != len(bench.optimizers):
+        raise SpecError(f"optimizers = {list(bench.optimizers)}: expected a non-empty list without repeats")
+    for key, names in (("optimizers", bench.optimizers), ("default_lr", bench.default_lr), ("extra", bench.extra)):
+        bad = [n for n in names if n not in OPTIMIZERS]
+        if bad:
+            raise SpecError(f"{key}: unknown optimizer(s) {', '.join(bad)} (known: {', '.join(OPTIMIZERS)})")
+    if any(not isinstance(v, (int, float)) or v <= 0 for v in bench.default_lr.values()):
+        raise SpecError(f"default_lr = {bench.default_lr}: every learning rate must be a positive number")
+    if not bench.grid or not all(isinstance(k, (int, float)) for k in bench.grid) or len(set(bench.grid)) != len(
+            bench.grid):
+        raise SpecError(f"search.grid = {list(bench.grid)}: expected exponents k (lr = default x 2^k), no repeats")
+    if explicit_reference and bench.reference not in bench.optimizers:
+        raise SpecError(f"reference = {bench.reference!r} is not one of the optimizers {list(bench.optimizers)}")
+    if bench.slots < 1 or bench.gpus_per_run < 1 or bench.retries < 0:
+        raise SpecError(f"slots ({bench.slots}) and gpus_per_run ({bench.gpus_per_run}) must be >= 1, "
+                        f"retries ({bench.retries}) >= 0")
+    parse_target(bench)
+
+
+def parse_target(bench: BenchmarkSpec) -> tuple[str, int, str] | float:
+    """A number, or (optimizer, budget, "mean" | "max") for a target read off the ladder."""
+    target = bench.target
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        if target <= 0:
+            raise SpecError(f"target = {target}: a validation loss must be positive")
+        return float(target)
+    match = TARGET.match(str(target))
+    if not match:
+        raise SpecError(f"target = {target!r}: expected a loss or 'OPT@largest' (':max' for the worst seed), "
+                        "'OPT@<budget>'")
+    budget = bench.largest if match["budget"] == "largest" else int(match["budget"])
+    if match["opt"] not in bench.optimizers:
+        raise SpecError(f"target = {target!r}: {match['opt']} is not one of the optimizers {list(bench.optimizers)}")
+    if budget not in bench.budgets:
+        raise SpecError(f"target = {target!r}: {budget} is not one of the budgets {list(bench.budgets)}")
+    return match["opt"], budget, match["how"] or "mean"
+
+
+def default_lr(bench: BenchmarkSpec, name: str) -> float:
+    """The centre of an optimizer's grid: the spec's, the base config's (if it trains `name`), or the registry's."""
+    if name in bench.default_lr:
+        return float(bench.default_lr[name])
+    base = load_config(bench.base_path)
+    return float(base.optim.lr) if base.optim.name == name else float(OPTIMIZERS[name].lr)
+
+
+def coarse_lrs(bench: BenchmarkSpec, name: str) -> tuple[float, ...]:
+    centre = default_lr(bench, name)
+    return tuple(centre * 2.0 ** k for k in sorted(bench.grid))
+
+
+def refine_lrs(best: float) -> tuple[float, ...]:
+    """The midpoints in log space between the best lr and its neighbours on a grid in factors of 2."""
+    return (best * 2.0 ** -0.5, best * 2.0 ** 0.5)
+
+
+def phase_spec(bench: BenchmarkSpec, lrs: dict, budgets, seeds) -> SweepSpec:
+    """One phase as a sweep over the benchmark's folder: lrs = {optimizer: its learning rates}."""
+    opts = [o for o in bench.optimizers if lrs.get(o)]
+    axes = (Axis("optim.name", tuple(opts)), Axis("schedule.steps", tuple(budgets)),
+            Axis("optim.lr", by="optim.name", per_value={o: tuple(lrs[o]) for o in opts}), Axis("seed", tuple(seeds)))
+    spec = SweepSpec(name=bench.name, base=bench.base, axes=axes, overrides=bench.overrides,
+                     extra={"optim.name": {o: bench.extra.get(o, {}) for o in opts}},
+                     gpus_per_run=bench.gpus_per_run, retries=bench.retries, plot=PLOT)
+    check_spec(spec)
+    return spec
+
+
+def check_configs(bench: BenchmarkSpec, world_size: int = 1) -> None:
+    """Every optimizer's run config is one the trainer accepts (before any compute); ConfigError names the key."""
+    for name in bench.optimizers:
+        spec = phase_spec(bench, {name: (default_lr(bench, name),)}, (bench.largest,), (bench.search_seed,))
+        for run in plan_runs(spec):
+            validate(load_config(bench.base_path, list(run.overrides)), world_size=world_size)
