@@ -14,11 +14,12 @@ gives its dataclass a classmethod `from_table(values, prefix)` and a method `to_
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
+import tomllib
 import types
 import typing
 from pathlib import Path
-
-import tomllib
 
 from common.errors import ConfigError, closest, did_you_mean
 
@@ -233,3 +234,43 @@ def choice(key: str, value: str, choices: tuple[str, ...]):
     if value not in choices:
         raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, choices))}"
                           f"{did_you_mean(value, choices)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The key table of the docs, from the dataclasses' own comments
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#\n]*?(?:#\s*(.*))?$")
+
+
+def field_notes(cls) -> dict[str, str]:
+    """The comment on each field's line of a dataclass's source (`name: type = default  # note`), by field name,
+    the notes of base classes included ("" where a field has none)."""
+    notes: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            m = _FIELD_LINE.match(line)
+            if m and m.group(1) in klass.__dataclass_fields__ and (m.group(2) or m.group(1) not in notes):
+                notes[m.group(1)] = (m.group(2) or "").strip()
+    return notes
+
+
+def key_rows(obj, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default as TOML, note) for every leaf field of a config dataclass instance, nested
+    sections in order; a section with its own layout (`to_table`) is left out (it documents itself)."""
+    rows, notes = [], field_notes(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if hasattr(value, "to_table"):
+            continue
+        if dataclasses.is_dataclass(value):
+            rows += key_rows(value, f"{prefix}{f.name}.")
+        else:
+            default = "unset" if value is None else toml_value(value)
+            rows.append((prefix + f.name, default, notes.get(f.name, "")))
+    return rows

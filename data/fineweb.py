@@ -8,12 +8,17 @@ Sources (choose one):
 Each document becomes [<|endoftext|>] + its tokens. The first ``--shard-size`` tokens
 go to ``{prefix}_val_000000.bin``, the following ones to ``{prefix}_train_000001.bin``,
 ``..._000002.bin``, ...; documents may continue from one shard into the next, and the
-last, partial shard is written too. ``--bpe FILE`` reads a local ``.tiktoken`` BPE ranks
-file instead of fetching the GPT-2 vocabulary (for machines without internet).
+last, partial shard is written too. The prefix is ``fineweb`` for the Hugging Face dataset and
+``text`` for your own files (``--prefix``). The tool prints each shard's token count and, for
+``--text-files``, which files the validation shard came from, with a warning when they are all one
+file of several (validation then measures one kind of text).
+
+``--bpe FILE`` reads a local ``.tiktoken`` BPE ranks file instead of fetching the GPT-2 vocabulary,
+for a machine without internet; the file itself comes from a machine with it (BPE_HELP).
 
 Example::
 
-    python -m data.fineweb --text-files corpus.txt --out data/cache/mytext --shard-size 1000000
+    python -m data.fineweb --text-files corpus.txt --out data/mytext --shard-size 1000000
 """
 
 import argparse
@@ -27,12 +32,20 @@ from multiprocessing import Pool
 import numpy as np
 
 from common.paths import REPO
-from data.shard import MAX_TOKEN, write_shard
+from data.shard import MAX_TOKEN, read_header, write_shard
 
 GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT_TEXT = "<|endoftext|>"
 EOT_ID = 50256
 DEFAULT_OUT = os.path.join(str(REPO), "data", "fineweb10B")
+BPE_HELP = (
+    "GPT-2's BPE ranks without tiktoken's download, fetched once on a machine with internet: the openai-whisper\n"
+    "source distribution ships them:\n"
+    "  pip download --no-deps --no-binary :all: openai-whisper -d /tmp/whisper\n"
+    "  tar -xzf /tmp/whisper/openai_whisper-*.tar.gz --wildcards '*/whisper/assets/gpt2.tiktoken' "
+    "--strip-components=3\n"
+    "then copy gpt2.tiktoken over and pass --bpe gpt2.tiktoken"
+)
 
 # ----- tokenizer -----------------------------------------------------------------
 
@@ -45,6 +58,8 @@ def load_encoder(bpe_path=None):
         return tiktoken.get_encoding("gpt2")
     from tiktoken.load import load_tiktoken_bpe
 
+    if not os.path.isfile(bpe_path):
+        raise SystemExit(f"--bpe {bpe_path}: no such file\n{BPE_HELP}")
     with open(bpe_path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     # tiktoken caches files by path; the hash makes it re-read a file that changed.
@@ -129,15 +144,15 @@ def split_documents(text):
     return [doc.strip() for doc in re.split(r"\n\s*\n", text) if doc.strip()]
 
 
-def iter_text_files(paths, one_doc_per_file=False):
-    """Documents from plain UTF-8 text files."""
+def iter_text_files(paths, one_doc_per_file=False, sources=None):
+    """Documents from plain UTF-8 text files; ``sources`` (a list) receives each document's file, in order."""
     for path in paths:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        if one_doc_per_file:
-            yield text
-        else:
-            yield from split_documents(text)
+        docs = [text] if one_doc_per_file else split_documents(text)
+        if sources is not None:
+            sources.extend([path] * len(docs))
+        yield from docs
 
 
 def iter_local_dataset(path, text_field="text"):
@@ -184,12 +199,12 @@ def iter_hf_dataset(name, subset=None, text_field="text"):
         yield row[text_field]
 
 
-def documents_from_args(args):
-    """The document iterator selected on the command line."""
+def documents_from_args(args, sources=None):
+    """The document iterator selected on the command line (``sources``: see iter_text_files)."""
     if args.hf_dataset:
         return iter_hf_dataset(args.hf_dataset, args.hf_name, args.text_field)
     if args.text_files:
-        return iter_text_files(args.text_files, args.one_doc_per_file)
+        return iter_text_files(args.text_files, args.one_doc_per_file, sources)
     return iter_local_dataset(args.local_dataset, args.text_field)
 
 
@@ -210,13 +225,16 @@ def parse_args(argv=None):
     parser.add_argument("--text-field", default="text", help="field holding the text")
     parser.add_argument("--bpe", metavar="PATH", help="local .tiktoken BPE ranks file")
     parser.add_argument("--out", default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--prefix", default="fineweb", help="shard file name prefix")
+    parser.add_argument("--prefix", default=None, help="shard file name prefix (default: fineweb for --hf-dataset, "
+                                                         "text otherwise)")
     parser.add_argument("--shard-size", type=int, default=10**8, help="tokens per shard")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--chunksize", type=int, default=16, help="documents per pool task")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete existing {prefix}_*.bin shards in --out first")
     args = parser.parse_args(argv)
+    if args.prefix is None:
+        args.prefix = "fineweb" if args.hf_dataset else "text"
     if args.shard_size < 1:
         parser.error(f"--shard-size must be positive, got {args.shard_size}")
     return args
@@ -232,14 +250,38 @@ def _clear_old_shards(out_dir, prefix, overwrite):
         os.remove(path)
 
 
-def _with_progress(token_iter):
-    """Pass token arrays through, counting tokens on a tqdm bar."""
+def _with_progress(token_iter, lengths):
+    """Pass token arrays through, counting tokens on a tqdm bar (``lengths`` receives each document's)."""
     from tqdm import tqdm
 
     with tqdm(unit="tok", unit_scale=True, desc="tokenizing") as bar:
         for tokens in token_iter:
             bar.update(len(tokens))
+            lengths.append(len(tokens))
             yield tokens
+
+
+def report(paths, lengths, sources, shard_size) -> list[str]:
+    """What was written: each shard with its tokens, and (text files) where the validation shard's documents
+    came from, with a warning when they are all one file of several."""
+    lines = [f"wrote {len(paths)} shard(s), {sum(lengths):,} tokens in {len(lengths):,} documents:"]
+    lines += [f"  {os.path.basename(p)}: {read_header(p):,} tokens" + (" (validation)" if i == 0 else "")
+              for i, p in enumerate(paths)]
+    if sources:
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if lengths else np.empty(0)
+        in_val = [src for src, start in zip(sources, starts) if start < shard_size]
+        counts = {src: in_val.count(src) for src in dict.fromkeys(in_val)}
+        lines.append("validation documents from: "
+                     + ", ".join(f"{os.path.basename(s)} ({n})" for s, n in counts.items()))
+        if len(counts) == 1 and len(set(sources)) > 1:
+            lines.append(f"WARNING: the validation shard holds text of one file only, {next(iter(counts))}, of "
+                         f"{len(set(sources))}: validation measures that kind of text. Put a mix first (or use "
+                         f"python -m data.shakespeare --text FILE ..., which holds out whole documents spread over "
+                         f"the files)")
+    if len(paths) < 2:
+        lines.append(f"WARNING: no training shard: the text holds fewer than --shard-size = {shard_size:,} tokens "
+                     f"after the validation shard; choose a smaller --shard-size")
+    return lines
 
 
 def main(argv=None):
@@ -247,10 +289,12 @@ def main(argv=None):
     args = parse_args(argv)
     encoder = load_encoder(args.bpe)
     _clear_old_shards(args.out, args.prefix, args.overwrite)
-    docs = documents_from_args(args)
+    sources, lengths = [], []
+    docs = documents_from_args(args, sources)
     tokens = tokenize_documents(docs, encoder, workers=args.workers, chunksize=args.chunksize)
-    paths = write_token_shards(_with_progress(tokens), args.out, args.prefix, args.shard_size)
-    print(f"wrote {len(paths)} shard(s) to {args.out}")
+    paths = write_token_shards(_with_progress(tokens, lengths), args.out, args.prefix, args.shard_size)
+    print(f"{args.out}:")
+    print("\n".join(report(paths, lengths, sources, args.shard_size)))
     return paths
 
 

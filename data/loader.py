@@ -74,7 +74,8 @@ def check_vocab(tokens, vocab_size, path, key="model.vocab_size"):
     position = int(np.argmax(tokens >= vocab_size))
     raise ShardError(
         f"{path}: token id {int(tokens[position])} at position {position} "
-        f"is >= {key} = {vocab_size}: the shards were made with a larger vocabulary than the model's"
+        f"is >= {key} = {vocab_size}: the shards were made with a larger vocabulary than the model's; "
+        f"set --{key}=<the tokenizer's vocabulary size> (at least {int(tokens.max()) + 1}; GPT-2 BPE: 50257)"
     )
 
 

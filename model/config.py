@@ -33,12 +33,12 @@ ACTIVATIONS = ("relu2", "gelu_scaled")  # relu(x)² | GELU(x)/1.1289 (1-Lipschit
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 50257  # real vocabulary; embeddings and head are padded to `vocab_multiple`
-    vocab_multiple: int = 128
+    vocab_multiple: int = 128  # pad the vocabulary to a multiple of this (faster matmuls)
     width: int = 768  # residual stream dimension
     depth: int = 12  # number of transformer blocks
-    heads: int = 6
-    head_dim: int = 128
-    mlp_ratio: int = 4
+    heads: int = 6  # attention heads
+    head_dim: int = 128  # each head's dimension (the attention's inner width is heads x head_dim)
+    mlp_ratio: int = 4  # the MLP's hidden width is mlp_ratio x width
     seq_len: int = 1024  # training sequence length (tokens per row)
     eot_token: int = 50256  # document separator: attention never crosses it
     value_embeds: int = 0  # number of value-embedding tables, used by the first and last layers
@@ -46,7 +46,7 @@ class ModelConfig:
     x0_mix: bool = False  # each block mixes the normalized embedding x0 back in with learned weights
     logit_softcap: float = 0.0  # logits -> cap * tanh(logits / cap); 0 disables
     attn_scale: float = 0.0  # attention logit scale; 0 means 1/sqrt(head_dim)
-    rope_base: float = 10000.0
+    rope_base: float = 10000.0  # rotary embeddings' base (the record: 1024)
     rope_fraction: float = 1.0  # fraction of each head's dims that rotate (0.5 = half-truncated RoPE)
     no_attention_layers: tuple[int, ...] = ()  # blocks without attention (MLP only)
     window: int = 0  # sliding-window size in tokens; 0 = full causal attention
@@ -74,7 +74,7 @@ class ModelConfig:
     attn_scale_rule: str = "inv_sqrt_d"  # with attn_scale = 0: logits q.k/sqrt(head_dim) | "inv_d": q.k/head_dim
     attn_out_scale: float = 1.0  # the heads' output times this before the out projection (the paper's 1/3)
     residual: str = "add"  # "add" x + f(x) | "convex" (1 - a) x + a f(x) with a = residual_scale / (2 depth)
-    residual_scale: float = 1.0
+    residual_scale: float = 1.0  # the convex residual's branch weight is residual_scale / (2 depth)
 
     @property
     def padded_vocab(self) -> int:

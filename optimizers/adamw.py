@@ -23,8 +23,8 @@ class AdamWConfig(OptimizerSettings):
     """[optim.adamw]: hidden matrices at optim.lr, the other roles at the 2025-01-26 record's Adam
     learning rates."""
 
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.95)  # (β1, β2): the moving averages of g and g²
+    eps: float = 1e-8  # ε added to √v
     embed: Role = Role(ADAMW, lr=0.6)
     hidden: Role = Role(ADAMW)
     head: Role = Role(ADAMW, lr=0.008)

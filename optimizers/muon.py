@@ -57,7 +57,7 @@ class MuonConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
     """[optim.muon]. Hidden matrices: Muon at optim.lr; the other roles: the auxiliary AdamW."""
 
     momentum: float = 0.95  # β
-    nesterov: bool = True
+    nesterov: bool = True  # orthogonalize (1 − β)·G + β·M instead of M
     momentum_warmup_from: float | None = 0.85  # the momentum ramps linearly from this ...
     momentum_warmup_steps: int = 300  # ... to `momentum` over these steps (0: no warm-up)
     orthogonalize: str = "newton_schulz"  # a METHODS key (optimizers/orthogonalize.py)

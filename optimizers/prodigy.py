@@ -54,9 +54,9 @@ class ProdigyConfig(OptimizerSettings):
     implementation (d0 1e-6, betas (0.9, 0.999), β3 = √β2, ε 1e-8, d_coef 1, no growth limit, bias
     correction and safeguard warm-up off, no weight decay)."""
 
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's (β1, β2)
     beta3: float | None = None  # the EMA of r and s; unset: √β2
-    eps: float = 1e-8
+    eps: float = 1e-8  # ε (times d) added to √v
     d0: float = 1e-6  # the initial distance estimate
     d_coef: float = 1.0  # c: d̂ is multiplied by it (the reference's preferred tuning knob)
     growth_rate: float | None = None  # d grows by at most this factor per step; unset: no limit

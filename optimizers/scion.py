@@ -55,14 +55,14 @@ class ScionConfig(MomentumWarmup, Orthogonalizes, OptimizerSettings):
     plain (one-hot input) Sign norm. Scalars (absent from their model) get Sign with radius 1."""
 
     momentum: float = 0.9  # β (the paper's α is 1 − β)
-    momentum_warmup_from: float | None = None
-    momentum_warmup_steps: int = 0
+    momentum_warmup_from: float | None = None  # the momentum ramps linearly from this ...
+    momentum_warmup_steps: int = 0  # ... to `momentum` over these steps (0: no warm-up)
     constrained: bool = True  # SCG (stay in the norm ball) or uSCG
     light: bool = False  # keep the momentum in p.grad (no optimizer buffer)
     scion_init: bool = False  # re-initialize every parameter on its norm's sphere x radius
     orthogonalize: str = "newton_schulz"  # the spectral norm's orthogonalization (a METHODS key)
     ns_steps: int = 0  # 0 = the method's default
-    backend: str = "auto"
+    backend: str = "auto"  # auto (Triton on CUDA) | torch | triton
     embed: Role = Role("sign", scale=3000.0 / 768)
     hidden: Role = Role("spectral", scale=50.0)
     head: Role = Role("sign_fanin", scale=3000.0)

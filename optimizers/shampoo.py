@@ -78,7 +78,7 @@ class ShampooConfig(OptimizerSettings):
     graft_eps: float = 1e-10  # the grafted Adam's ε (#21)
     root_method: str = "eigh"  # eigh (float32 eigendecomposition) | newton (matmul-only iteration)
     adam_betas: tuple[float, float] = MuonConfig.adam_betas  # the auxiliary AdamW's, as Muon's
-    adam_eps: float = MuonConfig.adam_eps
+    adam_eps: float = MuonConfig.adam_eps  # ... and ε
     embed: Role = MuonConfig.embed
     hidden: Role = Role("spectral", weight_decay=0.2)  # #21's weight decay
     head: Role = MuonConfig.head

@@ -27,9 +27,9 @@ LR = 0.001  # optim.lr: the hidden matrices' learning rate
 class SignumConfig(MomentumWarmup, OptimizerSettings):
     """[optim.signum]: sign descent with momentum for every role (learning rates untuned)."""
 
-    momentum: float = 0.9
-    momentum_warmup_from: float | None = None
-    momentum_warmup_steps: int = 0
+    momentum: float = 0.9  # β
+    momentum_warmup_from: float | None = None  # the momentum ramps linearly from this ...
+    momentum_warmup_steps: int = 0  # ... to `momentum` over these steps (0: no warm-up)
     embed: Role = Role("sign", lr=0.01)
     hidden: Role = Role("sign")
     head: Role = Role("sign", lr=0.001)

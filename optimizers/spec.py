@@ -53,7 +53,7 @@ class Role:
     norm: str  # a NORMS key (a steepest step in that norm), or "adamw"
     lr: float | None = None  # absolute learning rate; None: follows optim.lr
     scale: float = 1.0  # radius / update scale (Scion's rho)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled weight decay λ: W <- (1 − lr·λ)·W before the step
 
 
 def group_defaults(settings: type, lr: float, given: dict, **group_keys) -> dict:

@@ -239,6 +239,9 @@ def test_protocol_with_a_fake_trainer(fake, capsys):
     assert code == 0
     # search 3 + refine 2 per optimizer, ladder 3 budgets x 2 seeds less the shared run: 5 + 5 = 10 each
     assert len(calls) == len(set(calls)) == 20
+    assert benchmark_spec.protocol_size(benchmark_spec.load_benchmark(root.parent.parent / "bench.toml"))["runs"] == 20
+    code, _ = run(["muon", "adamw"], "--dry-run")  # all finished: the pace of their training and nothing left
+    assert code == 0 and "20 runs finished; at their" in capsys.readouterr().out
     data = json.loads((root / "benchmark.json").read_text())
     assert data["search"]["muon"]["best"] == pytest.approx(0.05 * 2 ** 0.5)  # found by the refinement
     assert data["search"]["adamw"]["best"] == pytest.approx(0.0018) and not data["search"]["adamw"]["edge"]
@@ -297,6 +300,8 @@ def test_dry_run_runs_nothing(fake, capsys):
     assert code == 0 and calls == [] and not (root / "runs").exists()
     out = capsys.readouterr().out
     assert "search: 6 runs, 0 finished, 6 to run" in out and "ladder: planned" in out
+    size = benchmark_spec.protocol_size(benchmark_spec.load_benchmark(root.parent.parent / "bench.toml"))
+    assert f"the whole protocol: {size['runs']} runs" in out and "time: measured from the first finished run" in out
 
 
 # ----------------------------------------------------------------------------------------------

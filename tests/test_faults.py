@@ -168,6 +168,7 @@ DOCS = ([1023] + list(range(100))) * 200  # 20,200 tokens, every document starts
     ([], DOCS, "d_train_000001.bin: training shard with 0 tokens"),
     (DOCS[:100], DOCS, "no training shard holds one row of model.seq_len + 1 = 129 tokens"),
     (DOCS, DOCS[:3000] + [2000] + DOCS[:2000], "d_val_000000.bin: token id 2000 at position 3000 is >= model.vocab_size"),
+    (DOCS, DOCS[:3000] + [2000] + DOCS[:2000], "set --model.vocab_size=<the tokenizer's vocabulary size> (at least 2001"),
     (DOCS[:5000] + [1500] + DOCS, DOCS, "d_train_000001.bin: token id 1500 at position 5000"),
 ])
 def test_data_problems_fail_before_the_first_step(tmp_path, capsys, train, val, message):

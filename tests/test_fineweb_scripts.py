@@ -173,3 +173,23 @@ def test_sources_are_mutually_exclusive(tmp_path):
         fineweb.parse_args(["--text-files", "a.txt", "--local-dataset", str(tmp_path)])
     with pytest.raises(SystemExit):
         fineweb.parse_args([])
+
+
+def test_own_text_is_named_text_and_the_report_says_where_validation_came_from(tmp_path, bpe_file, capsys):
+    """Your own files become text_*.bin (never fineweb_*); the report gives each shard's tokens and the files of
+    the validation shard, and warns when that is one file of several, or when there is no training shard."""
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n\n".join(DOCS * 3), encoding="utf-8")
+    second.write_text(DOCS[0], encoding="utf-8")
+    paths = fineweb.main(["--text-files", str(first), str(second), "--bpe", bpe_file, "--out", str(tmp_path / "o"),
+                          "--shard-size", "20", "--workers", "1"])
+    assert all(os.path.basename(p).startswith("text_") for p in paths)
+    out = capsys.readouterr().out
+    assert "text_val_000000.bin: 20 tokens (validation)" in out and "text_train_000001.bin" in out
+    assert "validation documents from: a.txt" in out and "WARNING: the validation shard holds text of one file" in out
+    fineweb.main(["--text-files", str(second), "--bpe", bpe_file, "--out", str(tmp_path / "p"),
+                  "--shard-size", "100000", "--workers", "1"])
+    assert "WARNING: no training shard" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="openai-whisper"):
+        fineweb.main(["--text-files", str(second), "--bpe", str(tmp_path / "none.tiktoken"), "--out",
+                      str(tmp_path / "q")])

@@ -365,8 +365,9 @@ def test_the_step_stages_end_to_end_from_the_command_line(tmp_path, monkeypatch,
     assert "step, 1,024 tokens (mean / median)" in out and "optimizer share of the step" in out
 
 
-def test_train_stage_runs_and_reads_a_real_run(tmp_path, one_thread):
+def test_train_stage_runs_and_reads_a_real_run(tmp_path, one_thread, monkeypatch):
     """The stage's own command (smoke architecture at toy size, synthetic data) and its reader."""
+    monkeypatch.setattr(stages, "shakespeare_overrides", lambda: None)  # whether or not data/shakespeare_char exists
     keep = tuple(o for o in TINY if o.split("=")[0] in (
         "--model.width", "--model.heads", "--model.depth", "--model.value_embeds", "--model.window_pattern",
         "--model.seq_len", "--model.window", "--data.micro_batch_size"))
@@ -395,3 +396,24 @@ def test_the_prepared_first_run_writes_its_environment_and_stops_without_a_gpu(t
     assert done.returncode == 2 and "no record log at nope.txt" in done.stdout
     done = subprocess.run(["bash", script, str(tmp_path / "out"), "bogus"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown run 'bogus'" in done.stdout
+
+
+def test_train_stage_on_character_shards_from_a_text(tmp_path, one_thread, monkeypatch):
+    """The train stage on real text as the borrowed GPU runs it: character shards (data/shakespeare.py --text),
+    their vocabulary and separator handed to a config whose own data is synthetic; the loss falls."""
+    from data import shakespeare
+
+    text = tmp_path / "play.txt"
+    text.write_text("\n\n".join(f"ACT {i}. To be, or not to be, that is the question: whether 'tis nobler in "
+                                f"the mind to suffer the slings and arrows of outrageous fortune. " * 6 for i in range(60)))
+    shakespeare.main(["--text", str(text), "--out", str(tmp_path / "chars")])
+    overrides = stages.shakespeare_overrides(tmp_path / "chars")
+    monkeypatch.setattr(stages, "shakespeare_overrides", lambda: overrides)
+    keep = tuple(o for o in TINY if o.split("=")[0] in (
+        "--model.width", "--model.heads", "--model.depth", "--model.value_embeds", "--model.window_pattern",
+        "--model.seq_len", "--model.window", "--data.micro_batch_size"))
+    settings = Settings(config=SMOKE, overrides=(*keep, "--eval.tokens=2048"), tokens_per_gpu=1024, train_steps=12)
+    (tmp_path / "scratch").mkdir()
+    result = running.run_stage(STAGES["train"], settings, tmp_path / "scratch", tmp_path / "train.log.txt", None)
+    assert result["status"] == "ok", result["problems"]
+    assert result["figures"]["data"] == "shakespeare_char"

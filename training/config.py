@@ -30,7 +30,7 @@ from training.schedule import interval_tokens
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    steps: int = 1770
+    steps: int = 1770  # optimizer steps; the lr, momentum and window schedules follow it
     warmup_steps: int = 0  # linear lr warmup from 0
     cooldown_frac: float = 0.4  # last fraction of training decays linearly ...
     final_lr_frac: float = 0.1  # ... to this fraction of the peak lr
@@ -41,7 +41,7 @@ class ScheduleConfig:
 class EvalConfig:
     every: int = 125  # validate every this many steps (and always at the end); 0 = only at the end
     every_late: int = 0  # in the last `late_frac` of the steps validate every this many steps instead; 0 = off
-    late_frac: float = 0.1
+    late_frac: float = 0.1  # the last fraction of the run in which eval.every_late applies
     at_start: bool = True  # also validate before the first step (when eval.every > 0)
     tokens: int = 10_485_760  # the final validation: always the same first tokens of the validation shards
     interval_tokens: int = 0  # the validations before the final one read the first this many (at most eval.tokens); 0 = all
@@ -55,8 +55,8 @@ class LogConfig:
     every: int = 25  # train-loss log line every this many steps
     dir: str = "runs"  # parent folder of run directories
     run_id: str = ""  # default: <date>-<time>_<config name>_<random>
-    wandb: bool = False
-    wandb_project: str = "nanogpt-speedrun"
+    wandb: bool = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no account)
+    wandb_project: str = "nanogpt-speedrun"  # its project
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ class DistributedConfig:
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "run"
-    seed: int = 0
+    name: str = "run"  # the run's name (a config file's own: its file name); run ids start with it
+    seed: int = 0  # model initialization and every other random draw of the run (data order: data.shuffle_shards)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -334,8 +334,7 @@ class ConstraintConfig:
     in their own tables, the embedding and the head), and the Lipschitz bound in the logs. Methods: see
     optimizers/constraints.py; how they run: training/constrain.py; the bound: model/lipschitz.py."""
 
-    # hidden matrices: none | spectral_normalize | spectral_hammer | spectral_soft_cap | spectral_hard_cap | hyperball
-    method: str = "none"
+    method: str = "none"  # hidden matrices: none | spectral_{normalize,hammer,soft_cap,hard_cap} | hyperball
     max_norm: float = 1.0  # beta: bound on sigma_max (with shape_scaled: on the RMS->RMS norm sqrt(d_in/d_out) sigma_max)
     update_norm: float = 0.0  # soft cap: sigma of one update per unit lr, in max_norm's units; 0: auto (Muon)
     ns_overshoot: float = 1.2  # auto update_norm: Muon's shape scale x this (Newton-Schulz overshoots 1)

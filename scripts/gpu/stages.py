@@ -176,7 +176,8 @@ def shakespeare_overrides(folder: Path = REPO / SHAKESPEARE_CHAR) -> list[str] |
     if not (vocab.is_file() and train and val):
         return None
     v = json.loads(vocab.read_text())
-    return [f"--data.train_files={folder}/shakespeare_train_*.bin", f"--data.val_files={folder}/shakespeare_val_*.bin",
+    return ["--data.synthetic=false", f"--data.train_files={folder}/shakespeare_train_*.bin",
+            f"--data.val_files={folder}/shakespeare_val_*.bin",
             f"--model.vocab_size={v['vocab_size']}", f"--model.eot_token={v['separator_id']}",
             f"--eval.tokens={SHAKESPEARE_EVAL_TOKENS}"]
 

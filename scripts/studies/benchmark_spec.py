@@ -170,3 +170,15 @@ def check_configs(bench: BenchmarkSpec, world_size: int = 1) -> None:
         spec = phase_spec(bench, {name: (default_lr(bench, name),)}, (bench.largest,), (bench.search_seed,))
         for run in plan_runs(spec):
             validate(load_config(bench.base_path, list(run.overrides)), world_size=world_size)
+
+
+def protocol_size(bench: BenchmarkSpec) -> dict:
+    """Runs and training steps of the whole protocol: the search (grid, then refine) at the largest budget, and
+    each optimizer's ladder (every budget x seed; its run at the largest budget with the search seed is a
+    search run already)."""
+    n = len(bench.optimizers)
+    search = n * (len(bench.grid) + (2 if bench.refine else 0))
+    ladder = n * len(bench.budgets) * len(bench.seeds)
+    shared = n if bench.search_seed in bench.seeds else 0
+    steps = (search - shared) * bench.largest + n * len(bench.seeds) * sum(bench.budgets)
+    return {"runs": search + ladder - shared, "steps": steps}
