@@ -1,12 +1,13 @@
 """An upper bound on the Lipschitz constant of the GPT, from the spectral norms of its matrices.
 
 What is bounded: the map f: x0 -> logits from the input embedding x0 (B, T, width: the rows of the
-embedding table the tokens look up, what the first block sees) to the logits (after the soft cap, if any),
-for a fixed attention mask (document masks and windows depend on the token ids, not on x0).
+embedding table the tokens look up, what the first block sees) to the logits of the real vocabulary (after
+the soft cap, if any; the rows the head is padded with for speed name no token and are left out), for a
+fixed attention mask (document masks and windows depend on the token ids, not on x0).
 
 The norm: a sequence X = (x_1 .. x_T) of vectors is measured by ‖X‖ = max_t RMS(x_t), RMS(x) = ‖x‖₂/√dim
-(per token the RMS norm, over the tokens the largest: the norms of Newhouse et al.; over the vocabulary the
-RMS runs over the head's padded rows). The result L satisfies
+(per token the RMS norm, over the tokens the largest: the norms of Newhouse et al.; over the logits the RMS
+runs over the real vocabulary, model.vocab_size of them). The result L satisfies
 
     ‖f(X) − f(Y)‖ <= L·‖X − Y‖   for all X, Y whose rows have RMS <= R,
 
@@ -23,10 +24,11 @@ the branch's Jacobian (∞ over tokens, ℓ2 per token) at inputs within A:
   MLP  x -> P φ(F x)                    σ(P)·σ(F)                 (growth the same)
   attention head h (q, k, v = W_q x, W_k x, W_v x per token, each of its D rows of the merged matrix;
       rotary embeddings rotate q_t and k_s, an orthogonal map that changes no norm; scores
-      c·q_t·k_s over the keys s the mask allows; p_t = softmax; y_t = Σ_s p_ts v_s):
+      c·q_t·k_s over the keys s the mask allows, c the logit scale (its size |c| enters the bound: a
+      negative c flips the pattern, not the sensitivity); p_t = softmax; y_t = Σ_s p_ts v_s):
       dy_t = Σ_s p_ts dv_s + Σ_s p_ts (ds_s − Σ_r p_tr ds_r)(v_s − v̄_t), so by Cauchy-Schwarz
       ‖dy_t‖ <= max_s ‖dv_s‖ + max_s |ds_s| · max_s ‖v_s‖, with |ds_s| <= c (‖dq_t‖‖k_s‖ + ‖q_t‖‖dk_s‖):
-                                        L_h = σ_v,h (1 + 2 c σ_q,h σ_k,h A²)   (growth σ_v,h)
+                                        L_h = σ_v,h (1 + 2 |c| σ_q,h σ_k,h A²)   (growth σ_v,h)
   attention  x -> γ·O concat_h(y_h)     γ·σ(O)·sqrt(Σ_h L_h²)     (growth γ·σ(O)·sqrt(Σ_h σ_v,h²));
       the heads may attend to different tokens, so their changes add up in squares: with one matrix
       for all heads sqrt(Σ_h σ²) can be √heads times σ_max of the whole V (a bound on the whole V only
@@ -35,7 +37,9 @@ the branch's Jacobian (∞ over tokens, ℓ2 per token) at inputs within A:
             (1 − a)x + a f(x)           |1 − a| + a·L_f           (growth |1 − a| + a·G_f)
   head z = W x, then the soft cap      σ(W_head)·1               (tanh and algebraic caps have slope <= 1)
 
-L = Π over the branches, times σ(W_head), times √(width / padded vocab) for RMS in and out. σ_max comes from
+L = Π over the branches, times σ(W_head), times √(width / vocab) for RMS in and out, W_head and vocab the real
+vocabulary's rows (over the padded rows, with their own σ, the figure would be √(padded / vocab) times
+smaller for the same real logits: an under-count). σ_max comes from
 an SVD in float64 (exact, unlike a power iteration, which approaches σ_max from below); rounding (rotary
 tables in float32, the model's own arithmetic) is not part of the bound.
 
@@ -43,9 +47,16 @@ What the bound assumes (`uncovered` lists every departure, and `lipschitz_bound`
 anywhere (model.layer_norm = false, model.qk_norm = false: a norm's Jacobian grows without bound near 0),
 the 1-Lipschitz activation (model.activation = "gelu_scaled"; ReLU² is not Lipschitz), no biases, no
 value embeddings, no U-net skips, no x0 mix, no FP8 head (rounding to float8 is not continuous). It covers
-either residual, any attention scale (the thesis's 1/head_dim keeps c·σ_q·σ_k·A² free of the width), any
-attn_out_scale, rotary embeddings, document masks, sliding windows, blocks without attention and both soft
-caps.
+either residual, any attention scale, any attn_out_scale, rotary embeddings, document masks, sliding windows,
+blocks without attention and both soft caps. On the width: the thesis's 1/head_dim scale keeps c·σ_q·σ_k·A²
+free of the width only in per-head units, i.e. when σ_q,h and σ_k,h are measured as RMS→RMS norms of each
+head's (head_dim × width) block (σ·√(width/head_dim)) and A as an RMS; in the raw spectral norms used here
+the term carries width/head_dim, and a wider model at the same per-head norms has the same bound.
+
+`reference_formula` is the recipe of the paper's code (phess2/lipschitz-transformers, utils.py), for
+comparison: it tracks activation norms from 1, uses whole-matrix norms of q, k, v (not per head), multiplies
+the whole attention term by the softmax scale and divides the MLP's by GELU's largest slope (1.1289). Those
+are its choices, not ours; the two are reported side by side.
 """
 
 from __future__ import annotations
@@ -90,6 +101,7 @@ class LipschitzBound:
     bound: float  # L, RMS -> RMS, max over tokens, on inputs with rows of RMS <= radius
     radius: float  # R: the largest RMS of an embedding row
     sigmas: dict  # σ_max of every matrix, by compact name ("b0.q", "b0.o", "b1.fc", "head", ...)
+    reference: float | None = None  # the paper's code's estimate (reference_formula), for comparison
 
     @property
     def log10(self) -> float | None:
@@ -98,7 +110,7 @@ class LipschitzBound:
     def metrics(self) -> dict:
         """The metrics row's entries: lipschitz_bound, log10_lipschitz_bound, embed_rms and sigma.<name>."""
         return {"lipschitz_bound": self.bound, "log10_lipschitz_bound": self.log10, "embed_rms": self.radius,
-                **{f"sigma.{k}": v for k, v in self.sigmas.items()}}
+                "lipschitz_reference": self.reference, **{f"sigma.{k}": v for k, v in self.sigmas.items()}}
 
 
 def sigma_max(W: Tensor) -> Tensor:
@@ -112,7 +124,7 @@ def attention_bound(attn, radius: float) -> tuple[float, float, dict]:
     qkv = attn.qkv_w.detach()
     per_head = sigma_max(qkv.view(3, attn.heads, attn.head_dim, qkv.size(-1)))  # (3, heads)
     sq, sk, sv = per_head
-    heads = sv * (1 + 2 * attn.scale * sq * sk * radius**2)
+    heads = sv * (1 + 2 * abs(attn.scale) * sq * sk * radius**2)
     s_o = sigma_max(attn.proj.weight).item()
     lip = attn.out_scale * s_o * heads.square().sum().sqrt().item()
     growth = attn.out_scale * s_o * sv.square().sum().sqrt().item()
@@ -165,6 +177,31 @@ def _bound(model) -> LipschitzBound:
             lip *= residual_factor(block.branch_weight, branch)
             reach *= residual_factor(block.branch_weight, growth)
             sigmas.update({f"b{i}.{k}": v for k, v in s.items()})
-    sigmas["head"] = sigma_max(model.head.weight).item()
-    lip *= sigmas["head"] * math.sqrt(cfg.width / model.head.weight.size(0))
-    return LipschitzBound(lip, radius, sigmas)
+    sigmas["head"] = sigma_max(model.head.weight[: cfg.vocab_size]).item()  # the real vocabulary's rows
+    lip *= sigmas["head"] * math.sqrt(cfg.width / cfg.vocab_size)
+    return LipschitzBound(lip, radius, sigmas, reference_formula(model))
+
+
+def _rms_norm(W: Tensor) -> float:
+    """The RMS→RMS operator norm √(d_in/d_out)·σ_max of a matrix (the units of the paper's weight norms)."""
+    return math.sqrt(W.size(-1) / W.size(-2)) * sigma_max(W).item()
+
+
+def reference_formula(model) -> float:
+    """The paper's code's Lipschitz estimate (module docstring), in its units: RMS→RMS norms of whole
+    matrices, the embedding's and unembedding's norms at the ends, activation norms tracked from 1."""
+    cfg = model.cfg
+    alpha = 1 / (2 * cfg.depth)
+    scale = abs(model.blocks[0].attn.scale) if model.blocks[0].attn is not None else 0.0
+    act, lip = 1.0, _rms_norm(model.embed.weight.detach()[: cfg.vocab_size].mT)
+    for block in model.blocks:
+        mlp = _rms_norm(block.mlp.proj.weight.detach()) * _rms_norm(block.mlp.fc.weight.detach()) / 1.1289
+        if block.attn is not None:
+            q, k, v = (_rms_norm(w) for w in block.attn.qkv_w.detach())
+            o = _rms_norm(block.attn.proj.weight.detach())
+            att = block.attn.out_scale * o * (v + 2 * v * act**2 * q * k) * scale
+            act = (1 - alpha) * act + alpha * block.attn.out_scale * o * v * act
+            lip = (1 - alpha) * lip + alpha * lip * att
+        act = (1 - alpha) * act + alpha * mlp * act
+        lip = (1 - alpha) * lip + alpha * lip * mlp
+    return lip * _rms_norm(model.head.weight.detach()[: cfg.vocab_size])

@@ -10,7 +10,8 @@ AdamW, for each tensor W with gradient g, at step t (from 1):
 torch's foreach kernels, in the same order of operations (the same numbers); `adamw_fused` with
 torch's fused AdamW kernel (one pass over each tensor instead of about seven: used on CUDA, where
 the embeddings' passes cost), equal to the reference up to rounding (√v/√(1 − β2ᵗ) instead of
-√(v/(1 − β2ᵗ))). The state of a tensor is {"step": int, "exp_avg", "exp_avg_sq"} in all three. A group's (β1, β2) and ε are
+√(v/(1 − β2ᵗ))). The state of a tensor is {"step": int, "exp_avg", "exp_avg_sq"} in all three. A group's
+(β1, β2) and ε are
 its "adam_betas" and "adam_eps" (the settings of Muon, NorMuon and Shampoo name them so).
 """
 

@@ -15,7 +15,8 @@ Weight decay, the baseline, stays in the optimizers.
     spectral_soft_cap   each s = σ/β <- f(s) = g + α·g³ with g = s − α·s³: two odd cubic steps that take
                         s = k to exactly 1 and leave small s nearly unchanged (f(s) = s − 3α²s⁵ + ...);
                         a matrix above k·β is first normalized to k·β (ours: f is not monotone beyond k)
-    spectral_hard_cap   W = U S Vᵀ  ->  U min(S, β) Vᵀ   (a no-op, bitwise, when σ̂ <= (1 − skip_margin)·β)
+    spectral_hard_cap   W = U S Vᵀ  ->  U min(S, β) Vᵀ   (a no-op, bitwise, when a certified upper bound on σ_max,
+                        `certified_spectral_bound`, is <= β: never when only an estimate says so)
     hyperball           W <- W · r₀ / ‖W‖_F, r₀ = ‖W‖_F the first time the matrix is seen
 
 σ̂, û, v̂ come from power iteration (`power_iteration`), whose right vectors persist between calls in
@@ -72,21 +73,20 @@ class ConstraintSettings:
 
     power_iters: int = 16  # power iterations the first time a matrix is seen (fixed random start)
     power_iters_warm: int = 2  # ... and on later calls, from the vector stored in ConstraintState
-    polish_steps: int = 3  # hard cap: modular-quintic steps after Polar Express's five, for sign and polar
-    # hard cap: leave untouched (bitwise) matrices with σ̂ <= (1 − margin)·β. σ̂ is low by 2-3% after 16 cold
-    # iterations on a Gaussian 768-wide matrix (no gap at the top: the worst case), by ~0.2% after 64.
-    skip_margin: float = 0.05
+    polish_steps: int = 3  # hard cap: monotone-quintic steps after Polar Express's five, for sign and polar
+    # hard cap: leave untouched (bitwise) matrices whose certified bound on σ_max (the Gram matrix squared this
+    # many times, certified_spectral_bound) is <= β; 0: never skip. The power iteration's σ̂ cannot decide this:
+    # it only approaches σ_max from below, and lags when a step turns the top singular vectors.
+    skip_squarings: int = 4
     shape_scaled: bool = False  # bound √(d_in/d_out)·σ_max (RMS→RMS norm) instead of σ_max
     dtype: str = "auto"  # working dtype of the cap iterations: auto | bfloat16 | float32 | float64
     backend: str = "auto"  # the polar / sign iterations: auto (Triton on CUDA) | torch | triton
 
     def check(self) -> None:
-        for key in ("power_iters", "power_iters_warm", "polish_steps"):
+        for key in ("power_iters", "power_iters_warm", "polish_steps", "skip_squarings"):
             if getattr(self, key) < 0 or (key == "power_iters" and self.power_iters < 1):
                 raise ValueError(f"constraint.{key} must be >= {1 if key == 'power_iters' else 0}, "
                                  f"got {getattr(self, key)}")
-        if not 0.0 <= self.skip_margin < 1.0:
-            raise ValueError(f"constraint.skip_margin must be in [0, 1), got {self.skip_margin}")
         if self.dtype not in DTYPES:
             raise ValueError(f"constraint.dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.backend not in BACKENDS:
@@ -208,12 +208,35 @@ def spectral_soft_cap(W: Tensor, beta: float, alpha: float, *, dtype: str | torc
 
 
 def sign_coefficients(polish_steps: int) -> list[tuple[float, float, float]]:
-    """Polar Express's five steps, then `polish_steps` of the modular quintic p(s) = 2s − 1.5s³ + 0.5s⁵, which
-    fixes 1 with p' = p'' = 0 there: p(1 ± e) ≈ 1 ± 3.5e³. Inputs >= 1e-3 (relative to the bound) leave PE
-    within about ±0.25 of 1; measured on the scalar map, the worst error is then 2.5e-4 after two polish
-    steps, 3e-8 after three and float64 rounding after four."""
-    polish = coefficients("modular_quintic", polish_steps) if polish_steps else []
+    """Polar Express's five steps, then `polish_steps` of the monotone quintic p(s) = (15s − 10s³ + 3s⁵)/8, which
+    fixes 1 with p' = p'' = 0 there and is increasing on [0, 1], so it never takes a singular value above 1
+    (the polar factor's singular values are what the hard cap leaves of those above β): p(1 − e) ≈ 1 − 2.5e³.
+    (The modular quintic (2, −1.5, 0.5) that was used before has p''(1) = 1 and overshoots to 1.00176, so the
+    cap could leave σ_max up to 0.18% above β.) Inputs >= 1e-3 (relative to the bound) leave PE within about
+    ±0.25 of 1 (values above 1 are brought back down, values below come up from below)."""
+    polish = coefficients("monotone_quintic", polish_steps) if polish_steps else []
     return coefficients("polar_express") + polish
+
+
+def certified_spectral_bound(W: Tensor, squarings: int) -> Tensor:
+    """An upper bound on σ_max of each matrix of W (..., m, n) that cannot fall below it (unlike the power
+    iteration's σ̂): with A = X Xᵀ (the smaller Gram matrix, eigenvalues σᵢ²), λ_max(A)^(2^k) = λ_max(A^(2^k))
+    <= ‖A^(2^k)‖_F, so σ_max <= ‖A^(2^k)‖_F^(1/2^(k+1)), within a factor rank^(1/2^(k+1)) of it (k = squarings:
+    4 gives at most 768^(1/32) = 1.23 for a flat 768-wide spectrum, far less when the top stands out). In
+    float64, each power renormalized (nothing overflows), plus a relative 1e-9 for rounding. Returns (...,)."""
+    M = _batch(W).double()
+    X = M.mT if M.size(-2) > M.size(-1) else M
+    A = X @ X.mT
+    scale = A.norm(dim=(-2, -1)).clamp_min(_TINY)
+    B = A / scale[:, None, None]
+    log_norm = torch.zeros_like(scale)  # log ‖(A / scale)^(2^j)‖_F
+    for _ in range(squarings):
+        B = B @ B
+        n = B.norm(dim=(-2, -1)).clamp_min(_TINY)
+        log_norm = 2 * log_norm + n.log()
+        B = B / n[:, None, None]
+    lam = scale * torch.exp(log_norm / 2**squarings)
+    return (lam.sqrt() * (1 + 1e-9)).reshape(W.shape[:-2]).to(torch.promote_types(W.dtype, torch.float32))
 
 
 def _spectral_bound(A: Tensor) -> Tensor:
@@ -329,11 +352,12 @@ def _run_soft_cap(b: Batch, beta: float, s: ConstraintSettings) -> Tensor:
 
 
 def _run_hard_cap(b: Batch, beta: float, s: ConstraintSettings) -> Tensor:
-    """Matrices whose σ̂ is at most (1 − skip_margin)·β keep their bits (no rounding noise of the iteration)."""
+    """Matrices certified inside the ball (certified_spectral_bound <= β) keep their bits (no rounding noise of the
+    iteration); the others are capped."""
     capped = spectral_hard_cap(b.W, beta, polish_steps=s.polish_steps, dtype=s.dtype, backend=s.backend)
-    if s.skip_margin <= 0:
+    if s.skip_squarings <= 0:
         return capped
-    inside = _top(b, s)[0] <= (1 - s.skip_margin) * beta
+    inside = certified_spectral_bound(b.W, s.skip_squarings) <= beta
     return torch.where(inside[:, None, None], b.W, capped)
 
 
@@ -356,8 +380,7 @@ CONSTRAINTS: dict[str, Constraint] = {c.name: c for c in (
     Constraint("spectral_hammer", _run_hammer, "top singular value set to β (power iteration)", power_iteration=True),
     Constraint("spectral_soft_cap", _run_soft_cap, "odd polynomial σ -> g + αg³, g = σ − ασ³ (Newhouse et al.)",
                power_iteration=True),
-    Constraint("spectral_hard_cap", _run_hard_cap, "σ -> min(σ, β) through sign and polar iterations",
-               power_iteration=True),
+    Constraint("spectral_hard_cap", _run_hard_cap, "σ -> min(σ, β) through sign and polar iterations"),
     Constraint("hyperball", _run_hyperball, "W · ‖W₀‖_F / ‖W‖_F (MuonH / NorMuonH)", radius=True),
 )}
 

@@ -9,15 +9,22 @@ which maps each singular value s to p(s) = a·s + b·s³ + c·s⁵ and leaves th
 The methods differ only in the coefficients (a, b, c) of each step:
 
     newton_schulz    Muon's quintic (3.4445, −4.7750, 2.0315) every step (default 5 steps). It trades
-                     exactness for speed: after 5 steps singular values lie roughly in [0.68, 1.2]
-                     (the polynomial's maximum on [0, 1] is p(0.5545) = 1.2035).
+                     exactness for speed: p has no fixed point at 1 (p(1) = 0.701); after 5 steps the
+                     normalized singular values >= 0.01 lie in [0.682, 1.134], and the largest value over
+                     all inputs is p's maximum, p(0.5545) = 1.20237, reached after 5 steps from s ≈ 4.1e-3
+                     (`largest_singular_value` computes it from the coefficients).
     polar_express    Amsel et al. (2025), "The Polar Express": a different, minimax-optimal triple per
                      step (computed for singular values in [1e-3, 1]), with the paper's safety factor:
                      the input is divided by 1.02·‖G‖_F. Steps beyond the table repeat its last row.
     cubic            the classic Newton–Schulz iteration X <- 1.5·X − 0.5·X Xᵀ X, i.e. (1.5, −0.5, 0);
                      converges to exactly 1 from below, slowly for small singular values (default 12).
-    modular_quintic  the modular-duality paper's quintic (2, −1.5, 0.5): p(1) = 1, p'(1) = 0, p''(1) = 0,
-                     also converging to exactly 1 from below (default 8 steps).
+    modular_quintic  the modular-duality paper's quintic (2, −1.5, 0.5): p(1) = 1, p'(1) = 0 but p''(1) = 1,
+                     so near 1 the error shrinks quadratically, p(1 − e) ≈ 1 + e²/2, and from above: p
+                     overshoots 1, to p(0.894) = 1.00176, so it does not converge from below (default 8 steps;
+                     track 3's Muon baseline runs 12).
+    monotone_quintic (15/8, −5/4, 3/8): p(1) = 1, p'(1) = p''(1) = 0 and p' = 15(1 − s²)²/8 >= 0, so p is
+                     increasing on [0, 1] and never exceeds 1: it converges to 1 from below, cubically,
+                     p(1 − e) ≈ 1 − 2.5e³ (default 8 steps; the hard cap's polish, optimizers/constraints.py).
     svd              exact U Vᵀ from torch.linalg.svd, the reference (computed in float32 or float64).
 
 The iteration runs in `dtype`: bfloat16 on CUDA and float32 elsewhere (float64 for float64 inputs)
@@ -40,6 +47,7 @@ from optimizers import newton_schulz_triton as triton_kernels  # imports Triton 
 MUON_QUINTIC = (3.4445, -4.7750, 2.0315)
 CUBIC = (1.5, -0.5, 0.0)
 MODULAR_QUINTIC = (2.0, -1.5, 0.5)
+MONOTONE_QUINTIC = (15 / 8, -5 / 4, 3 / 8)
 # Polar Express, degree 5, five steps, safety factor 1.02 (the coefficients modded-nanogpt ships)
 POLAR_EXPRESS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
@@ -50,7 +58,7 @@ POLAR_EXPRESS = (
 )
 POLAR_EXPRESS_SAFETY = 1.02
 
-DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 5, "cubic": 12, "modular_quintic": 8}
+DEFAULT_STEPS = {"newton_schulz": 5, "polar_express": 5, "cubic": 12, "modular_quintic": 8, "monotone_quintic": 8}
 METHODS = (*DEFAULT_STEPS, "svd")
 BACKENDS = ("auto", "torch", "triton")
 
@@ -64,8 +72,38 @@ def coefficients(method: str, steps: int | None = None) -> list[tuple[float, flo
         raise ValueError(f"orthogonalization needs at least one step, got {steps}")
     if method == "polar_express":
         return [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
-    fixed = {"newton_schulz": MUON_QUINTIC, "cubic": CUBIC, "modular_quintic": MODULAR_QUINTIC}[method]
+    fixed = {"newton_schulz": MUON_QUINTIC, "cubic": CUBIC, "modular_quintic": MODULAR_QUINTIC,
+             "monotone_quintic": MONOTONE_QUINTIC}[method]
     return [fixed] * steps
+
+
+def largest_singular_value(method: str, steps: int | None = None) -> float:
+    """The largest singular value an iterative method leaves, over every input: the maximum over s in [0, 1]
+    of the composed polynomial (normalized inputs have singular values in [0, 1]); 1.0 for svd. From the
+    coefficients, on a grid dense in log and linear scale (the maximum may come from tiny s) refined by golden
+    section: Muon's 5-step quintic gives 1.20237."""
+    if method == "svd":
+        return 1.0
+    coeffs = coefficients(method, steps)
+    safety = POLAR_EXPRESS_SAFETY if method == "polar_express" else 1.0
+
+    def image(s):
+        for a, b, c in coeffs:
+            s = a * s + b * s**3 + c * s**5
+        return s
+
+    f64 = dict(dtype=torch.float64)
+    grid = torch.cat([torch.logspace(-9, 0, 20001, **f64), torch.linspace(0, 1, 20001, **f64)])
+    grid = grid[grid <= 1 / safety]  # the input divided by safety x its norm: singular values <= 1/safety
+    values = image(grid)
+    i = int(values.argmax())
+    lo, hi = float(grid[max(i - 1, 0)]), float(grid[min(i + 1, len(grid) - 1)])
+    ratio = (5**0.5 - 1) / 2
+    for _ in range(100):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        lo, hi = (lo, b) if image(torch.tensor(a, dtype=torch.float64)) > image(torch.tensor(b, dtype=torch.float64)) \
+            else (a, hi)
+    return max(float(values.max()), float(image(torch.tensor((lo + hi) / 2, dtype=torch.float64))))
 
 
 def polynomial_iteration_torch(X: Tensor, coeffs) -> Tensor:

@@ -9,7 +9,7 @@ Tolerances, β = max_norm (float64 unless the test says otherwise):
                                            float32); σ' <= β(1 + 1e-4) for every σ, also within 0.03% of β;
                                            bfloat16 (the CUDA default): σ' <= β(1 + 1e-2)
   hyperball                                Frobenius norm equal to the initial one within 1e-12
-  inside the ball                          normalization and hard cap: bitwise; hard cap with skip_margin = 0:
+  inside the ball                          normalization and hard cap: bitwise; hard cap with skip_squarings = 0:
                                            within 1e-6·β
 """
 
@@ -124,11 +124,11 @@ def test_matrices_inside_the_ball_are_left_bitwise_alone(method, shape):
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("shape", SHAPES, ids=ids)
 def test_hard_cap_iteration_is_a_no_op_inside_the_ball(shape, dtype):
-    """Without the skip (skip_margin = 0) the sign iteration itself leaves a matrix inside the ball alone,
+    """Without the skip (skip_squarings = 0) the sign iteration itself leaves a matrix inside the ball alone,
     also just below β."""
     W = with_spectrum(shape, spectrum(shape, top=0.999, gap=0.99)).to(dtype)
     P = W.clone()
-    apply_constraint("spectral_hard_cap", [P], 1.0, ConstraintState(), settings=ConstraintSettings(skip_margin=0))
+    apply_constraint("spectral_hard_cap", [P], 1.0, ConstraintState(), settings=ConstraintSettings(skip_squarings=0))
     assert (P - W).abs().max() <= 1e-6
 
 
@@ -272,6 +272,8 @@ def test_apply_constrains_each_matrix_of_each_shape_in_place():
     assert [p.data_ptr() for p in params] == ptrs
     for p in params:
         assert p.dtype == torch.float32 and svals(p.detach()).max() <= beta * (1 + 1e-4)
+    assert not state.vectors  # the hard cap decides with a certified bound: no power iteration to keep
+    apply_constraint("spectral_normalize", params, beta, state)
     assert state.vectors[params[0].data_ptr(), (3, d, d)].shape == (3, d)
     assert len(state.vectors) == 4
 
@@ -331,3 +333,74 @@ def test_bench_constraints_times_every_method_next_to_muon_and_writes_json(tmp_p
     assert saved["matrices"] == 2 * (3 + 1 + 2)  # depth 2: QKV (3 matrices), output, MLP in and out
     for r in saved["constraints"].values():
         assert r["ms"] > 0 and r["ratio_to_muon_step"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The hard cap cannot be fooled, its polish never overshoots (issue 25)
+
+
+def test_the_hard_cap_is_not_fooled_when_the_top_direction_turns():
+    """A matrix whose stored power vector points at an old top direction (σ 0.9) while a new direction has grown
+    to σ 1.1: the warm power iteration (2 steps from the stored vector) still reads about 0.9, but the skip
+    decision rests on a certified upper bound, so the matrix is capped: σ_max <= β after the constraint. (With
+    the former skip on σ̂ <= 0.95 β the matrix kept its bits and σ_max stayed 1.1.)"""
+    m = n = 48
+    U = torch.linalg.qr(torch.randn(m, m, generator=torch.Generator().manual_seed(1), dtype=F64))[0]
+    V = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(2), dtype=F64))[0]
+    s = torch.full((n,), 0.1, dtype=F64)
+    s[0], s[1] = 0.9, 1.1  # the old top direction (0.9) and a new one that grew past β
+    P = U @ torch.diag(s) @ V.mT
+    state = ConstraintState()
+    state.vectors[(P.data_ptr(), tuple(P.shape))] = V[:, 0].clone()  # what earlier steps' iterations learned
+    assert power_iteration(P, V[:, 0], 2)[0].item() < 0.95  # what the former skip test trusted
+    apply_constraint("spectral_hard_cap", [P], 1.0, state)
+    assert torch.linalg.matrix_norm(P, ord=2).item() <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("squarings", [0, 1, 2, 4, 6])
+def test_the_certified_bound_is_an_upper_bound_and_tightens_with_squarings(squarings):
+    from optimizers.constraints import certified_spectral_bound
+
+    shape = (3, 40, 64)
+    W = with_spectrum(shape, spectrum(shape, top=2.0, gap=0.95))
+    exact = torch.linalg.matrix_norm(W, ord=2)
+    bound = certified_spectral_bound(W, squarings)
+    assert (bound >= exact).all()
+    assert (bound <= exact * 40 ** (1 / 2 ** (squarings + 1)) * (1 + 1e-6)).all()  # within rank^(1/2^(k+1))
+
+
+def test_a_matrix_certified_inside_keeps_its_bits_and_one_near_beta_is_capped_exactly():
+    shape = (40, 40)
+    inside = with_spectrum(shape, spectrum(shape, top=0.5, gap=0.9))
+    P = inside.clone()
+    apply_constraint("spectral_hard_cap", [P], 1.0, ConstraintState())
+    assert torch.equal(P, inside)
+    near = with_spectrum(shape, spectrum(shape, top=0.99, gap=0.999))  # inside, but not certifiable
+    P = near.clone()
+    apply_constraint("spectral_hard_cap", [P], 1.0, ConstraintState())
+    assert (P - near).abs().max() <= 1e-6 and torch.linalg.matrix_norm(P, ord=2) <= 1.0
+
+
+def test_the_polish_converges_to_one_from_both_sides_faster_than_the_modular_quintic():
+    """The hard cap's sign and polar iterations end with monotone-quintic steps (p' = p'' = 0 at 1: cubic
+    convergence from both sides). Above β the cap leaves σ' = the polar factor's singular value, so what the
+    polish leaves above 1 is what σ_max exceeds β by. Measured on the scalar map after Polar Express, for inputs
+    in [1e-3, 1]/1.02, after 1, 2, 3 polish steps: monotone max |p − 1| = 7.8e-3, 1.2e-6, 4e-16; the former
+    modular quintic (p''(1) = 1: quadratic) 2.1e-2, 2.5e-4, 3.1e-8, and it leaves every value at or above 1."""
+    from optimizers.constraints import sign_coefficients
+    from optimizers.orthogonalize import coefficients
+
+    s = torch.logspace(-3, 0, 20001, dtype=F64) / 1.02
+
+    def image(coeffs):
+        x = s.clone()
+        for a, b, c in coeffs:
+            x = a * x + b * x**3 + c * x**5
+        return x
+
+    ours = image(sign_coefficients(3))
+    old = image(coefficients("polar_express") + coefficients("modular_quintic", 3))
+    assert (ours - 1).abs().max() < 1e-12
+    assert old.max() - 1 > 1e-8 and old.min() >= 1 - 1e-15  # above β by up to 3e-8, never below
+    for steps, bound in ((1, 1e-2), (2, 2e-6)):
+        assert (image(sign_coefficients(steps)) - 1).abs().max() < bound

@@ -2,8 +2,8 @@
 and an adversarial search never exceed it) and it refuses the architectures its proof does not cover.
 
 The norm throughout (the bound's): ‖X‖ = max over tokens t of RMS(x_t), for the input embedding x0
-(RMS over the width) and for the logits (RMS over the head's padded vocabulary); inputs are sequences
-whose rows have RMS <= R, the largest RMS of an embedding row.
+(RMS over the width) and for the logits (RMS over the real vocabulary: the padded rows name no token);
+inputs are sequences whose rows have RMS <= R, the largest RMS of an embedding row.
 """
 
 import math
@@ -220,7 +220,44 @@ def test_the_bound_matches_a_plain_recomputation():
         m = (sig(block.mlp.proj.weight) * sig(block.mlp.fc.weight)).item()
         L *= (1 - a) + a * m
         A *= (1 - a) + a * m
-    L *= sig(model.head.weight).item() * math.sqrt(cfg.width / model.head.weight.size(0))
+    L *= sig(model.head.weight[: cfg.vocab_size]).item() * math.sqrt(cfg.width / cfg.vocab_size)
     assert b.bound == pytest.approx(L, rel=1e-10)
     assert b.log10 == pytest.approx(math.log10(L), rel=1e-10)
     assert set(b.metrics()) >= {"lipschitz_bound", "log10_lipschitz_bound", "sigma.b0.q", "sigma.b1.fc", "sigma.head"}
+
+
+def test_the_bound_is_over_the_real_vocabulary_and_ignores_the_padded_rows():
+    """Vocabulary 37 padded to 40: the bound measures the 37 real logits (RMS over 37) with the real rows' σ.
+    Large padded rows change nothing; the secant ratio of the real logits stays below it, and where the model
+    is linear reaches it. (Over the padded 40 rows the former bound was √(40/37) smaller for these logits.)"""
+    model = toy_model("--model.vocab_size=37", "--model.residual_scale=1e-9")
+    b = lipschitz_bound(model)
+    with torch.no_grad():
+        model.head.weight[37:] = 100.0
+    assert lipschitz_bound(model).bound == b.bound
+    W = model.head.weight.detach()[:37]
+    _, _, Vh = torch.linalg.svd(W)
+    top = Vh[0] * math.sqrt(model.cfg.width)
+    X = torch.zeros(1, model.cfg.seq_len, model.cfg.width, dtype=torch.float64)
+    real = lambda x: logits_of(model)(x)[..., :37]  # noqa: E731
+    with torch.no_grad():
+        ratio = secant(real, X, top.expand_as(X), b.radius).item()
+    assert ratio == pytest.approx(b.bound, rel=1e-6)
+
+
+def test_a_negative_attention_scale_counts_by_its_size():
+    """The scale enters the Jacobian through its size: flipping its sign must not shrink the bound (it did:
+    c·σ_q·σ_k with c < 0 lowered the attention factor below σ_v). Config validation refuses a negative scale,
+    so this sets it on the module, as a checkpoint edited by hand could."""
+    model = toy_model(beta=3.0)
+    b = lipschitz_bound(model).bound
+    for block in model.blocks:
+        block.attn.scale = -block.attn.scale
+    assert lipschitz_bound(model).bound == pytest.approx(b, rel=1e-12)
+
+
+def test_the_reference_formula_is_reported_beside_the_bound():
+    model = toy_model()
+    b = lipschitz_bound(model)
+    assert b.reference is not None and b.reference > 0
+    assert b.metrics()["lipschitz_reference"] == b.reference

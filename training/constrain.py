@@ -22,10 +22,12 @@ the second there.
 The soft cap needs the largest spectral norm one optimizer step can add, max_update, in the units of
 max_norm. We take max_update = (the role's current lr) x unit_update_norm(m, n): constraint.update_norm
 when set (> 0; per unit of lr, the same for every shape), else, for Muon's hidden matrices (the optimizer
-whose update has a known spectral norm), its shape scale s(m, n) x constraint.ns_overshoot (Newton-Schulz
-leaves singular values up to ~1.13, not 1), divided by √(m/n) when constraint.shape_scaled (the RMS->RMS
-units of max_norm). Weight decay only shrinks W before the update, so it is left out (a safe over-estimate).
-Config validation (training/config.py) checks the peak lr against the soft cap's limit, max_update <=
+whose update has a known spectral norm), its shape scale s(m, n) x the largest singular value its
+orthogonalization leaves (constraint.ns_overshoot; 0: computed from the coefficients, 1.2024 for the 5-step
+quintic, whose normalized singular values end anywhere up to that), divided by √(m/n) when
+constraint.shape_scaled (the RMS->RMS units of max_norm). Weight decay only shrinks W before the update, so
+it is left out (a safe over-estimate). Config validation (check_constraint below) checks the peak lr against
+the soft cap's limit, max_update <=
 0.3065 x max_norm, for every matrix shape of the role.
 
 Several processes: the rank that owns a matrix constrains it, then every matrix is all-gathered from its
@@ -64,6 +66,7 @@ from optimizers.constraints import (
     spectral_normalize,
 )
 from optimizers.muon import shape_scale
+from optimizers.orthogonalize import largest_singular_value
 
 EMBED_METHODS = ("none", "row_rms_cap")
 LOG_BOUND = ("auto", "always", "never")  # constraint.log_bound
@@ -102,6 +105,17 @@ def soft_cap_limit() -> float:
     return SOFT_CAP_MAX_K - 1.0
 
 
+def overshoot_of(cfg) -> float:
+    """constraint.ns_overshoot, or (0) the largest singular value the optimizer's orthogonalization leaves, from
+    its coefficients (optimizers/orthogonalize.py; 1 for optimizers that do not orthogonalize)."""
+    if cfg.constraint.ns_overshoot:
+        return cfg.constraint.ns_overshoot
+    s = cfg.optim.settings
+    if not hasattr(s, "orthogonalize"):
+        return 1.0
+    return largest_singular_value(s.orthogonalize, s.ns_steps or None)
+
+
 def muon_shape_scale(optim) -> str | None:
     """The shape scaling of Muon's hidden updates (Muon's and NorMuon's, whose update has Muon's Frobenius
     norm), which the automatic soft cap uses; None for the other optimizers."""
@@ -111,7 +125,8 @@ def muon_shape_scale(optim) -> str | None:
 def settings_of(c) -> ConstraintSettings:
     """optimizers/constraints.py's settings from the [constraint] section."""
     return ConstraintSettings(power_iters=c.power_iters, power_iters_warm=c.power_iters_warm,
-                              polish_steps=c.polish_steps, skip_margin=c.skip_margin, shape_scaled=c.shape_scaled,
+                              polish_steps=c.polish_steps, skip_squarings=c.skip_squarings,
+                              shape_scaled=c.shape_scaled,
                               dtype=c.dtype, backend=c.backend)
 
 
@@ -146,7 +161,7 @@ class Constrainer:
         self.cfg, self.model, self.info = cfg, model, info
         self.muon_scale = muon_shape_scale(cfg.optim)
         self.settings = settings_of(c)
-        self.overshoot = c.ns_overshoot
+        self.overshoot = overshoot_of(cfg)
         by_role = model.params_by_role()
         sharded = list(sync.chunks) if sync is not None else []
         self.plans = [RolePlan(role, m.method, m.max_norm, m.update_norm, by_role[role],
@@ -188,7 +203,8 @@ class Constrainer:
                 mine = [w for w in mine if bool(w.any())]  # starts cold at their first nonzero step instead
             for shape, ws in _by_shape(mine).items():
                 apply_constraint(plan.method, ws, plan.max_norm, plan.state,
-                                 max_update=self._max_update(plan, shape, lr.get(plan.role, 0.0)), settings=self.settings)
+                                 max_update=self._max_update(plan, shape, lr.get(plan.role, 0.0)),
+                                 settings=self.settings)
             if self.info.active:
                 _gather_weights(plan.chunks, self.info.rank, self.info.world_size)
 
@@ -238,7 +254,8 @@ class Constrainer:
 
     def summary(self) -> dict:
         """The last bound, for summary.json (empty when none was computed)."""
-        return {k: v for k, v in self.last_bound.items() if k in ("lipschitz_bound", "log10_lipschitz_bound")}
+        keep = ("lipschitz_bound", "log10_lipschitz_bound", "lipschitz_reference")
+        return {k: v for k, v in self.last_bound.items() if k in keep}
 
 
 def _normalize_exactly(params: list, max_norm: float, shape_scaled: bool) -> None:
@@ -335,14 +352,14 @@ class ConstraintConfig:
     optimizers/constraints.py; how they run: training/constrain.py; the bound: model/lipschitz.py."""
 
     method: str = "none"  # hidden matrices: none | spectral_{normalize,hammer,soft_cap,hard_cap} | hyperball
-    max_norm: float = 1.0  # beta: bound on sigma_max (with shape_scaled: on the RMS->RMS norm sqrt(d_in/d_out) sigma_max)
+    max_norm: float = 1.0  # beta: bound on sigma_max (shape_scaled: on the RMS->RMS norm sqrt(d_in/d_out) sigma_max)
     update_norm: float = 0.0  # soft cap: sigma of one update per unit lr, in max_norm's units; 0: auto (Muon)
-    ns_overshoot: float = 1.2  # auto update_norm: Muon's shape scale x this (Newton-Schulz overshoots 1)
+    ns_overshoot: float = 0.0  # auto update_norm: Muon's shape scale x this; 0: computed (optimizers/orthogonalize.py)
     shape_scaled: bool = False  # max_norm bounds the RMS->RMS norm (the paper's), not sigma_max itself
     power_iters: int = 16  # power iterations for a matrix seen the first time ...
     power_iters_warm: int = 2  # ... and afterwards, from the stored vector
-    polish_steps: int = 3  # hard cap: modular-quintic steps after Polar Express's five
-    skip_margin: float = 0.05  # hard cap: matrices with sigma <= (1 - margin) beta keep their bits
+    polish_steps: int = 3  # hard cap: monotone-quintic steps after Polar Express's five
+    skip_squarings: int = 4  # hard cap: matrices certified inside (Gram squared this often) keep their bits; 0: never
     dtype: str = "auto"  # soft / hard cap iterations: auto (bf16 on CUDA, fp32 else) | bfloat16 | float32 | float64
     backend: str = "auto"  # hard cap's polar / sign iterations: auto | torch | triton
     at_init: bool = True  # also constrain the initial weights (before step 1)
@@ -365,7 +382,8 @@ def check_constraint(cfg) -> None:
         _check(value > 0, f"constraint.{key} must be positive, got {value}")
     for key, value in (("update_norm", c.update_norm), ("head.update_norm", c.head.update_norm)):
         _check(value >= 0, f"constraint.{key} must be >= 0 (0: automatic), got {value}")
-    _check(c.ns_overshoot >= 1, f"constraint.ns_overshoot must be >= 1, got {c.ns_overshoot}")
+    _check(c.ns_overshoot == 0 or c.ns_overshoot >= 1,
+           f"constraint.ns_overshoot must be >= 1 (or 0: computed), got {c.ns_overshoot}")
     try:
         settings_of(c).check()
     except ValueError as e:
@@ -393,7 +411,7 @@ def _check_soft_caps(cfg) -> None:
         muon = muon_shape_scale(optim) if role == "hidden" else None
         lr = optim.role_lr(role)
         for shape in shapes[role]:
-            unit = unit_update_norm(rc.update_norm, muon, c.ns_overshoot, shape, c.shape_scaled)
+            unit = unit_update_norm(rc.update_norm, muon, overshoot_of(cfg), shape, c.shape_scaled)
             _check(unit is not None,
                    f"{prefix}.method = 'spectral_soft_cap' needs {prefix}.update_norm > 0: the spectral norm one "
                    f"update adds per unit of lr (automatic only for Muon's hidden matrices)")
