@@ -13,13 +13,22 @@ and Scion's linear minimization oracle over the ball of radius ρ is lmo(G) = �
 Every direction is invariant to positive scaling of G. Embedding tables stored as (vocab, dim)
 are maps from one-hot vectors of size vocab: the caller passes them transposed (see optimizers).
 
-    spectral   RMS→RMS operator norm √(d_in/d_out)·σ_max(W);  T* = √(d_out/d_in)·U Vᵀ
-    sign       ℓ1→ℓ∞ operator norm max|W_ij| ("max-of-max");   T* = sign(G)  (Adam without EMA)
-    sign_fanin d_in·max|W_ij| (Scion's normalized Sign);        T* = sign(G) / d_in
-    colnorm    ℓ1→RMS operator norm max_j rms(column j);        T*: each column scaled to RMS 1
-    rownorm    RMS→ℓ∞ operator norm max_i √d_in·‖row i‖₂;      T*: each row scaled to ‖·‖₂ = 1/√d_in
-    rms        RMS of a vector ‖w‖₂/√n;                          T* = √n·g/‖g‖₂
-    euclidean  Frobenius ‖W‖_F (plain SGD);                      T* = G/‖G‖_F
+    spectral      RMS→RMS operator norm √(d_in/d_out)·σ_max(W);  T* = √(d_out/d_in)·U Vᵀ
+    spectral_max  σ_max(W)/max(1, √(d_out/d_in));               T* = max(1, √(d_out/d_in))·U Vᵀ
+    sign          ℓ1→ℓ∞ operator norm max|W_ij| ("max-of-max");   T* = sign(G)  (Adam without EMA)
+    sign_fanin    d_in·max|W_ij| (Scion's normalized Sign);        T* = sign(G) / d_in
+    colnorm       ℓ1→RMS operator norm max_j rms(column j);        T*: each column scaled to RMS 1
+    colnorm_normalized  d_in·max_j rms(column j);                  T*: each column scaled to RMS 1/d_in
+    rownorm       RMS→ℓ∞ operator norm max_i √d_in·‖row i‖₂;      T*: each row scaled to ‖·‖₂ = 1/√d_in
+    rownorm_unnormalized  ℓ2→ℓ∞ operator norm max_i ‖row i‖₂;    T*: each row scaled to ‖·‖₂ = 1
+    rms           RMS of a vector ‖w‖₂/√n;                          T* = √n·g/‖g‖₂
+    euclidean     Frobenius ‖W‖_F (plain SGD);                      T* = G/‖G‖_F
+
+The reference Scion (LIONS-EPFL/scion, scion.py) names the variants by flags: its ColNorm(normalized=True)
+is colnorm_normalized ("use True only for non-input layers": d_in is the width for the head, so colnorm
+and colnorm_normalized differ there by a width-dependent factor), ColNorm() is colnorm; RowNorm() (its
+default normalized=True) is rownorm, RowNorm(normalized=False) rownorm_unnormalized; Spectral() is
+spectral, Spectral(max=True) spectral_max (its "input layer" choice: no shrinking for wide-in maps).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ def _as_matrices(W: Tensor) -> Tensor:
 class Norm:
     name = "norm"
     matrix_only = False  # True: undefined for vectors (raises)
+    orthogonalizes = False  # True: direction() takes the orthogonalization's method, steps, backend, dtype
 
     def _check(self, W: Tensor) -> None:
         if self.matrix_only and W.ndim < 2:
@@ -72,11 +82,12 @@ class Norm:
 
 
 class Spectral(Norm):
-    name, matrix_only = "spectral", True
+    name, matrix_only, orthogonalizes = "spectral", True, True
+    at_least_one = False  # spectral_max: the scale max(1, √(d_out / d_in))
 
-    @staticmethod
-    def _scale(W: Tensor) -> float:
-        return math.sqrt(W.size(-2) / W.size(-1))  # √(d_out / d_in)
+    def _scale(self, W: Tensor) -> float:
+        scale = math.sqrt(W.size(-2) / W.size(-1))  # √(d_out / d_in)
+        return max(1.0, scale) if self.at_least_one else scale
 
     def norm(self, W):
         self._check(W)
@@ -97,6 +108,10 @@ class Spectral(Norm):
         for M in _as_matrices(W.data):  # views into W
             M.copy_(torch.nn.init.orthogonal_(torch.empty_like(M, dtype=torch.float64)))
         return W.mul_(self._scale(W))
+
+
+class SpectralMax(Spectral):
+    name, at_least_one = "spectral_max", True
 
 
 class Sign(Norm):
@@ -140,48 +155,65 @@ class SignFanIn(Norm):
 
 class ColNorm(Norm):
     name, matrix_only = "colnorm", True
+    by_fan_in = False  # colnorm_normalized: columns of RMS 1/d_in
+
+    def _target(self, W: Tensor) -> float:
+        """The RMS of each column of the direction."""
+        return 1.0 / W.size(-1) if self.by_fan_in else 1.0
 
     def norm(self, W):
         self._check(W)
-        return (W.norm(dim=-2) / math.sqrt(W.size(-2))).max()
+        return (W.norm(dim=-2) / math.sqrt(W.size(-2))).max() / self._target(W)
 
     def direction(self, G, **_):
         self._check(G)
         cols = G.norm(dim=-2, keepdim=True)
-        return G * (math.sqrt(G.size(-2)) / (cols + EPS))
+        return G * (self._target(G) * math.sqrt(G.size(-2)) / (cols + EPS))
 
     def dual_norm(self, G):
         self._check(G)
-        return math.sqrt(G.size(-2)) * G.norm(dim=-2).sum()
+        return self._target(G) * math.sqrt(G.size(-2)) * G.norm(dim=-2).sum()
 
     @torch.no_grad()
     def init_(self, W):
         self._check(W)
         W.normal_()
-        return W.mul_(math.sqrt(W.size(-2)) / W.norm(dim=-2, keepdim=True))
+        return W.mul_(self._target(W) * math.sqrt(W.size(-2)) / W.norm(dim=-2, keepdim=True))
+
+
+class ColNormNormalized(ColNorm):
+    name, by_fan_in = "colnorm_normalized", True
 
 
 class RowNorm(Norm):
     name, matrix_only = "rownorm", True
+    by_fan_in = True  # rows of ‖·‖₂ = 1/√d_in; rownorm_unnormalized: 1
+
+    def _root(self, W: Tensor) -> float:
+        return math.sqrt(W.size(-1)) if self.by_fan_in else 1.0
 
     def norm(self, W):
         self._check(W)
-        return (W.norm(dim=-1) * math.sqrt(W.size(-1))).max()
+        return (W.norm(dim=-1) * self._root(W)).max()
 
     def direction(self, G, **_):
         self._check(G)
         rows = G.norm(dim=-1, keepdim=True)
-        return G / (math.sqrt(G.size(-1)) * rows + EPS)
+        return G / (self._root(G) * rows + EPS)
 
     def dual_norm(self, G):
         self._check(G)
-        return G.norm(dim=-1).sum() / math.sqrt(G.size(-1))
+        return G.norm(dim=-1).sum() / self._root(G)
 
     @torch.no_grad()
     def init_(self, W):
         self._check(W)
         W.normal_()
-        return W.div_(math.sqrt(W.size(-1)) * W.norm(dim=-1, keepdim=True))
+        return W.div_(self._root(W) * W.norm(dim=-1, keepdim=True))
+
+
+class RowNormUnnormalized(RowNorm):
+    name, by_fan_in = "rownorm_unnormalized", False
 
 
 class RMS(Norm):
@@ -229,4 +261,5 @@ class Euclidean(Norm):
         return W
 
 
-NORMS: dict[str, Norm] = {n.name: n for n in (Spectral(), Sign(), SignFanIn(), ColNorm(), RowNorm(), RMS(), Euclidean())}
+NORMS: dict[str, Norm] = {n.name: n for n in (Spectral(), SpectralMax(), Sign(), SignFanIn(), ColNorm(), ColNormNormalized(),
+                                                RowNorm(), RowNormUnnormalized(), RMS(), Euclidean())}

@@ -98,7 +98,7 @@ def scion_update(momenta: list[Tensor], grads: list[Tensor] | None, momentum: fl
         for d, g in zip(momenta, grads):
             d.lerp_(g, 1 - momentum)
     unit = NORMS[norm]
-    kw = dict(method=method, steps=steps or None, backend=backend) if unit.name == "spectral" else {}
+    kw = dict(method=method, steps=steps or None, backend=backend) if unit.orthogonalizes else {}
 
     def direction(d: Tensor) -> Tensor:
         u = unit.direction(d.mT if transposed else d, **kw)
@@ -139,7 +139,7 @@ class Scion(ShardableOptimizer):
 
     def is_sharded(self, group: dict) -> bool:
         """Spectral-norm groups: their direction (an orthogonalization) is computed by the owner rank."""
-        return group["norm"] == "spectral" and not group["light"]
+        return NORMS[group["norm"]].orthogonalizes and not group["light"]
 
     def updates(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
         """`scion_update` of same-shape params (their momentum state updated)."""

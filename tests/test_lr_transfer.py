@@ -91,16 +91,21 @@ def test_cpu_slots(monkeypatch):
 def test_shakespeare_transfer_spec():
     spec = plan.load_spec(REPO / "configs/sweeps/lr_transfer_shakespeare.toml")
     runs = plan.plan_runs(spec)
-    assert {r.values["optim.name"] for r in runs} == {"muon", "scion", "adamw"}
-    assert {r.values["model.width"] for r in runs} == {64, 128, 256, 512}
-    for opt in ("muon", "scion", "adamw"):
-        lrs = sorted({r.values["optim.lr"] for r in runs if r.values["optim.name"] == opt})
+    assert {r.values["label.optimizer"] for r in runs} == {"muon", "scion", "scion_colnorm", "adamw"}
+    assert {r.values["model.width"] for r in runs} == {64, 128, 256, 512} and {r.values["seed"] for r in runs} == {0, 1}
+    for opt in ("muon", "scion", "scion_colnorm", "adamw"):
+        lrs = sorted({r.values["optim.lr"] for r in runs if r.values["label.optimizer"] == opt})
         assert len(lrs) == 5 and all(b / a == pytest.approx(2.0) for a, b in zip(lrs, lrs[1:]))  # factors of 2
     for r in runs:
         cfg = load_config(spec.base_path, list(r.overrides))
         validate(cfg)
         assert cfg.model.heads * cfg.model.head_dim == cfg.model.width and not cfg.data.synthetic
         assert cfg.checkpoint.every == 0 and not cfg.checkpoint.final
+        assert cfg.optim.name == r.values["label.optimizer"].split("_")[0]
+        if r.values["label.optimizer"] == "scion_colnorm":
+            roles = cfg.optim.settings.roles()
+            assert (roles["embed"].norm, roles["hidden"].norm, roles["head"].norm) == \
+                ("colnorm", "spectral", "colnorm_normalized")
 
 
 def tiny_text(out: Path) -> int:

@@ -22,7 +22,8 @@ def cases():
 
 
 def test_matrix_norms_are_the_matrix_only_ones():
-    assert set(MATRIX_NORMS) == {"spectral", "colnorm", "rownorm"}
+    assert set(MATRIX_NORMS) == {"spectral", "spectral_max", "colnorm", "colnorm_normalized", "rownorm",
+                                 "rownorm_unnormalized"}
 
 
 @pytest.mark.parametrize("name, shape", cases())
@@ -77,3 +78,36 @@ def test_zero_gradient_has_zero_direction():
     for name, norm in NORMS.items():
         Z = torch.zeros(4, 3, dtype=F64)
         assert torch.isfinite(norm.direction(Z)).all() and norm.direction(Z).abs().max() == 0, name
+
+
+# The reference Scion's norm variants (LIONS-EPFL/scion, scion.py), its LMO formulas written out here (issue 25)
+
+
+@pytest.mark.parametrize("shape", [(12, 7), (7, 12), (1, 5)])
+def test_variants_match_the_reference_formulas(shape):
+    """ColNorm(normalized=True): g / (rms of each column · d_in); RowNorm(normalized=False): g / ‖each row‖₂;
+    Spectral(max=True): max(1, √(d_out/d_in)) · U Vᵀ; and the default variants: ColNorm() g / rms of each
+    column, RowNorm() g / (‖row‖₂ · √d_in), Spectral() √(d_out/d_in) · U Vᵀ."""
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    d_out, d_in = shape
+    col_rms = (g**2).sum(dim=0, keepdim=True).sqrt() / d_out**0.5
+    row_l2 = (g**2).sum(dim=1, keepdim=True).sqrt()
+    U, _, Vh = torch.linalg.svd(g, full_matrices=False)
+    expected = {
+        "colnorm": g / col_rms,
+        "colnorm_normalized": g / (col_rms * d_in),
+        "rownorm": g / (row_l2 * d_in**0.5),
+        "rownorm_unnormalized": g / row_l2,
+        "spectral": (d_out / d_in) ** 0.5 * U @ Vh,
+        "spectral_max": max(1.0, (d_out / d_in) ** 0.5) * U @ Vh,
+    }
+    for name, want in expected.items():
+        torch.testing.assert_close(NORMS[name].direction(g), want, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_colnorm_and_its_normalized_variant_differ_by_the_fan_in():
+    """On a head (vocab, width) the two differ by a factor width: the step of one is width-dependent."""
+    for width in (64, 256, 1024):
+        g = torch.randn(50, width, dtype=F64)
+        ratio = NORMS["colnorm"].direction(g) / NORMS["colnorm_normalized"].direction(g)
+        torch.testing.assert_close(ratio, torch.full_like(ratio, float(width)))

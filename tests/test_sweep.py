@@ -399,3 +399,60 @@ def test_failure_record_names_the_workers_error(tmp_path):
     record = sd.failure_file(run.run_id).read_text()
     assert record.startswith("error: config error") and "exit code: 1 (failed" in record and "old news" not in record
     assert sd.error(run.run_id) == error
+
+
+# Grids without edges (scripts/studies/edges.py), label axes (issue 25)
+
+EDGE_SPEC = """
+    name = "edges"
+    base = "configs/smoke.toml"
+    [axes]
+    "label.variant" = ["plain", "wide"]
+    "model.width" = [64, 128]
+    "optim.lr" = [0.5, 1.0]
+    "seed" = [0, 1]
+    [extra."label.variant"]
+    plain = { "model.depth" = 2 }
+    wide = { "model.depth" = 3 }
+    [extra."model.width"]
+    64 = { "model.heads" = 2 }
+    128 = { "model.heads" = 4 }
+    [plot]
+    panels = "label.variant"
+"""
+
+
+def test_label_axes_are_run_ids_and_extras_not_config_keys(tmp_path):
+    spec = plan.load_spec(write_spec(tmp_path, EDGE_SPEC))
+    run = plan.plan_runs(spec)[0]
+    assert run.run_id.startswith("variant-plain_width-64_lr-0.5_seed-0")
+    assert "--model.depth=2" in run.overrides and not any(o.startswith("--label.") for o in run.overrides)
+    with pytest.raises(SpecError, match="label axis needs"):
+        no_extra = EDGE_SPEC.replace('[extra."label.variant"]\n    plain = { "model.depth" = 2 }\n'
+                                     '    wide = { "model.depth" = 3 }\n', "")
+        plan.load_spec(write_spec(tmp_path, no_extra, name="bad.toml"))
+
+
+def test_extend_edges_walks_the_grid_until_every_best_is_inside(fake, tmp_path, monkeypatch, capsys):
+    """The fake trainer's loss is a bowl around lr 0.125; the grid [0.5, 1] has its best at its lower end,
+    so each round adds the next lr down (every seed), until 0.125 is inside: 0.25, 0.125, 0.0625."""
+    monkeypatch.setenv("FAKE_SLEEP", "0")
+    script = tmp_path / "fake_train.py"
+    spec = write_spec(tmp_path, EDGE_SPEC, name="edges.toml")
+    out = tmp_path / "sweeps"
+    assert sweep.main(["--spec", str(spec), "--out", str(out), "--train-script", str(script),
+                       "--gpus", "none", "--extend-edges", "1"]) == 0
+    sd = SweepDir(out / "edges")
+    lrs = sorted({float(r["optim.lr"]) for r in csv.DictReader(open(sd.results))})
+    assert lrs == [0.25, 0.5, 1.0]  # one round only
+    assert sweep.main(["--spec", str(spec), "--out", str(out), "--train-script", str(script),
+                       "--gpus", "none", "--extend-edges", "5"]) == 0
+    assert "every curve's best optim.lr is inside its grid" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(sd.results)))
+    assert sorted({float(r["optim.lr"]) for r in rows}) == [0.0625, 0.125, 0.25, 0.5, 1.0]
+    assert len(rows) == 2 * 2 * 5 * 2 and all(r["status"] == "completed" for r in rows)  # every seed, variant, width
+    shift = json.loads((sd.root / "transfer.json").read_text())["shift"]
+    assert shift["plain"]["edge"] == [] and shift["plain"]["per_seed"] == {"0": 0.0, "1": 0.0}
+    # a later invocation without --extend-edges still plans (and reports) the added runs
+    assert sweep.main(["--spec", str(spec), "--out", str(out), "--train-script", str(script), "--gpus", "none"]) == 0
+    assert len(list(csv.DictReader(open(sd.results)))) == 40

@@ -203,6 +203,14 @@ def lr_shift(rows: list[dict], plot: PlotSpec) -> dict:
             "steps_per_doubling": None if slope is None or not ratio or ratio <= 1 else slope / math.log2(ratio),
             "edge": [c for c, x in best.items() if x in (min(curves[c]), max(curves[c])) and len(curves[c]) > 1],
         }
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
+    if len(seeds) > 1:  # the same slope from each seed alone: its spread says how much one seed can be trusted
+        by_seed = {seed: lr_shift([r for r in rows if r.get("seed") == seed], plot) for seed in seeds}
+        for panel, s in shift.items():
+            per = {seed: by_seed[seed].get(panel, {}).get("steps_per_doubling") for seed in seeds}
+            known = [v for v in per.values() if v is not None]
+            s["per_seed"] = per
+            s["seed_spread"] = max(known) - min(known) if len(known) > 1 else None
     return shift
 
 
@@ -214,9 +222,14 @@ def fit_slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
+def _known(s: dict) -> list[float]:
+    return [v for v in s.get("per_seed", {}).values() if v is not None]
+
+
 def transfer_headline(shift: dict, plot: PlotSpec) -> str:
     """One line: grid steps the best x moves per doubling of the curve value, per panel."""
     parts = [f"{panel} {'n/a' if s['steps_per_doubling'] is None else format(s['steps_per_doubling'], '+.2f')}"
+             + ("" if s.get("seed_spread") is None else f" (seeds {min(_known(s)):+.2f}..{max(_known(s)):+.2f})")
              + (" (edge)" if s["edge"] else "") for panel, s in shift.items()]
     return f"grid steps the best {plot.x} moves per doubling of {plot.curves}: " + ", ".join(parts)
 
@@ -236,14 +249,15 @@ def write_transfer(rows: list[dict], plot: PlotSpec, root: Path, title: str = ""
              "value stays put (it transfers); -1: it moves down one grid step with every doubling. "
              "EDGE: the best is the end of the grid (widen it there).", "",
              f"| {plot.panels} | " + " | ".join(f"{short} {c:g}" for c in curves)
-             + " | grid ratio | steps per doubling |",
-             "| --- | " + " | ".join("---:" for _ in curves) + " | ---: | ---: |"]
+             + " | grid ratio | steps per doubling | each seed alone |",
+             "| --- | " + " | ".join("---:" for _ in curves) + " | ---: | ---: | ---: |"]
     for panel, s in shift.items():
         cells = [f"{s['best'][c]['x']:.4g} ({s['best'][c]['loss']:.4f})" + (" EDGE" if c in s["edge"] else "")
                  if c in s["best"] else "n/a" for c in curves]
         spd = "n/a" if s["steps_per_doubling"] is None else f"{s['steps_per_doubling']:+.2f}"
         ratio = "n/a" if s["grid_ratio"] is None else f"{s['grid_ratio']:.3g}"
-        lines.append(f"| {panel} | " + " | ".join(cells) + f" | {ratio} | {spd} |")
+        per_seed = ", ".join(f"{seed}: " + ("n/a" if v is None else f"{v:+.2f}") for seed, v in s.get("per_seed", {}).items())
+        lines.append(f"| {panel} | " + " | ".join(cells) + f" | {ratio} | {spd} | {per_seed or 'one seed'} |")
     lines += ["", transfer_headline(shift, plot), ""]
     atomic_write_text(Path(root) / "transfer.md", "\n".join(lines))
     as_json = {str(panel): {**s, "best": {format_value(c): v for c, v in s["best"].items()}}

@@ -13,6 +13,7 @@ from common.config_io import toml_value
 from common.paths import REPO
 
 SPEC_KEYS = ("name", "base", "gpus_per_run", "retries", "overrides", "axes", "extra", "plot")
+LABEL = "label."  # an axis "label.<name>" names variants (its extras say what each is); it is no config key
 SWEEP_OWNED_KEYS = ("log.dir", "log.run_id", "checkpoint.resume")
 
 
@@ -174,6 +175,9 @@ def check_spec(spec: SweepSpec) -> None:
         raise SpecError(f"gpus_per_run must be >= 1, got {spec.gpus_per_run}")
     if spec.retries < 0:
         raise SpecError(f"retries must be >= 0, got {spec.retries}")
+    for key in keys:
+        if key.startswith(LABEL) and key not in spec.extra:
+            raise SpecError(f"axes.{key}: a label axis needs [extra.\"{key}\"] saying what each of its values sets")
     if spec.plot.x not in keys:
         raise SpecError(f"plot.x = {spec.plot.x!r} is not an axis (axes: {', '.join(keys)})")
 
@@ -217,9 +221,9 @@ def run_id(values: dict, names: dict) -> str:
 
 
 def run_overrides(spec: SweepSpec, values: dict) -> tuple[str, ...]:
-    """The run's overrides: fixed ones, then axis values, then the extras of its axis values."""
+    """The run's overrides: fixed ones, then axis values (not labels), then the extras of its axis values."""
     merged = dict(spec.overrides)
-    merged.update(values)
+    merged.update({k: v for k, v in values.items() if not k.startswith(LABEL)})
     for key, value in values.items():
         merged.update(spec.extra.get(key, {}).get(format_value(value), {}))
     return tuple(f"--{k}={toml_value(v)}" for k, v in merged.items())

@@ -7,6 +7,7 @@ width, one panel per optimizer: the layout of Figure 1 of the Scion paper).
     python -m scripts.studies.sweep --spec SPEC --dry-run          # the plan: each run, its status, its overrides
     python -m scripts.studies.sweep --spec SPEC --retry-failed     # also re-run the runs that failed
     python -m scripts.studies.sweep --spec SPEC --gpus 0,1,2,3     # only these GPUs
+    python -m scripts.studies.sweep --spec SPEC --extend-edges 3   # widen each curve's lr grid past its best
 
 A spec names a base config, overrides for every run, axes (config keys and their values; the runs
 are every combination), extra overrides that go with an axis value, and how many GPUs one run
@@ -26,6 +27,10 @@ is started again at once, from its last checkpoint, up to `retries` times (spec 
 a spec skips finished runs, resumes runs that a stopped sweep left half done
 (--checkpoint.resume=latest), and leaves failed runs alone unless --retry-failed. One run's failure
 never stops the others; results.csv lists each run's status, failed attempts and error.
+
+--extend-edges N: after the planned runs, every curve whose best x is the end of its grid gets the next
+value beyond it (every seed), up to N rounds, until each best is interior (scripts/studies/edges.py;
+the added runs are recorded in extensions.json and planned by every later invocation).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from pathlib import Path
 
 from common.config_io import toml_value
 from common.exit_codes import EXIT_INTERRUPTED
-from scripts.studies.results import write_results
+from scripts.studies.edges import beyond_edges, load_extensions, save_extensions, with_extensions
+from scripts.studies.results import collect_results, write_results
 from scripts.studies.runner import (
     FINISHED,
     TRAIN_SCRIPT,
@@ -93,12 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, help="automatic retries of a run that fails now (default: the "
                                                     "spec's retries, 1); config errors are never retried")
     parser.add_argument("--dry-run", action="store_true", help="list the plan and each run's status; run nothing")
+    parser.add_argument("--extend-edges", type=int, default=0, metavar="N",
+                        help="up to N rounds of runs beyond the grid's end where a curve's best x is there")
     parser.add_argument("--train-script", type=Path, default=TRAIN_SCRIPT, help=argparse.SUPPRESS)  # tests
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
-        runs = plan_runs(spec)
         sweep = SweepDir(args.out / spec.name)
+        runs = with_extensions(spec, plan_runs(spec), load_extensions(sweep))
         slots = make_slots(parse_gpus(args.gpus), args.gpus_per_run or spec.gpus_per_run)
         statuses = {r.run_id: sweep.status(r.run_id) for r in runs}
         if args.dry_run:
@@ -117,7 +125,22 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; {skipped_failures} failed run(s) left alone (--retry-failed)" if skipped_failures else ""))
     previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
-        finished = Sweeper(spec, sweep, slots, progress, args.train_script, retries=args.retries).run_all(todo)
+        sweeper = Sweeper(spec, sweep, slots, progress, args.train_script, retries=args.retries)
+        finished = sweeper.run_all(todo)
+        for round_ in range(1, args.extend_edges + 1):
+            if not finished:
+                break
+            new = beyond_edges(collect_results(spec, sweep, runs), spec.plot, runs)
+            if not new:
+                print(f"edges: every curve's best {spec.plot.x} is inside its grid")
+                break
+            save_extensions(sweep, load_extensions(sweep) + new)
+            added = with_extensions(spec, runs, new)[len(runs):]
+            runs += added
+            progress.total += len(added)
+            print(f"edges, round {round_} of {args.extend_edges}: {len(added)} run(s) beyond a grid's end: "
+                  + ", ".join(r.run_id for r in added))
+            finished = sweeper.run_all(runs_to_do(added, {r.run_id: sweep.status(r.run_id) for r in added}, False))
     finally:
         signal.signal(signal.SIGTERM, previous)
     write_results(spec, sweep, runs)
