@@ -173,7 +173,8 @@ def write_results(spec: SweepSpec, sweep: SweepDir, runs: list[PlannedRun], say=
         say(f"transfer: {sweep.root / 'transfer.md'}: {transfer_headline(shift, spec.plot)}")
     left_out = [f"{r['run_id']} ({r['status']})" for r in rows if not plotted(r)]
     if figure and left_out:
-        say(f"figure: {len(left_out)} run(s) without a result left out: {', '.join(left_out)}")
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        say(f"figure: {len(left_out)} run(s) without a result left out: {shown}")
     return rows
 
 
