@@ -7,18 +7,24 @@ every tensor x of the group with gradient g and initial value x0:
     m <- β1·m + (1 − β1)·d·g,        v <- β2·v + (1 − β2)·d²·g²          Adam's moments, scaled by d
     r <- β3·r + γ·d²·⟨g, x0 − x⟩     (summed over the group's tensors)
     s <- β3·s + γ'·d²·g              (γ' = γ; the safeguard warm-up uses γ' = 1: no lr, no bias correction)
-    d̂ = r / ‖s‖₁ (over the group),   d_max <- max(d_max, c·d̂),   d <- min(d_max, growth·d)   (after the step)
-    x <- (1 − γ·d·λ)·x − γ·d · m / (√v + d·ε)                           decoupled weight decay λ
+    if ‖s‖₁ = 0 (no gradient yet): no step, d unchanged
+    d̂ = c·r / ‖s‖₁ (over the group),   d_max <- max(d_max, d̂)
+    d' = min(d_max, growth·d), where the first increase from d0 starts from max(d0, d̂): uncapped
+    x <- (1 − γ·d·λ)·x − γ·d · m / (√v + d'·ε)                          decoupled weight decay λ; then d <- d'
 
-The paper's r and s carry a factor (1 − β3) each, which cancels in d̂; both are kept divided by
-d0 here so that their values stay far from float32's smallest numbers (the reference's choice).
-β3 = √β2 unless set; c = d_coef (1), growth = ∞ unless set (growth 1 freezes d). With d frozen
-this is Adam at learning rate lr·d (m/√v does not see the common factor d); with β1 = β2 = 0 and
-ε → 0 it is sign descent, steepest descent in the ℓ∞ norm.
+This is the published algorithm as its reference implementation (konstmish/prodigy, prodigy.py) runs it:
+the step is taken with the old d and ε scaled by the new one. The paper's r and s carry a factor
+(1 − β3) each, which cancels in d̂; both are kept divided by d0 here so that their values stay far from
+float32's smallest numbers (the reference's choice). β3 = √β2 unless set; c = d_coef (1), growth = ∞
+unless set (growth 1 freezes d). With d frozen this is Adam at learning rate lr·d (m/√v does not see the
+common factor d); with β1 = β2 = 0 and ε → 0 it is sign descent, steepest descent in the ℓ∞ norm.
 
-Differences from the reference implementation (konstmish/prodigy): d is estimated per role rather
-than once for the whole model, the step's ε uses the d of the step (the paper's d_k), and growth
-caps every increase of d, the first one included.
+Differences from the reference, each an option (default: the reference's behaviour), except the first:
+- d is estimated per role (param group) rather than once for the whole model;
+- `cap_first_increase = true`: growth also caps the first increase from d0 (d then needs
+  log(d̂/d0)/log(growth) steps to get anywhere from d0 = 1e-6);
+- `eps_with_step_d = true`: ε is scaled by the d of the step (the paper's d_k in Algorithm 2) rather than
+  by the updated d.
 
 `metrics()` gives d per role, as {"prodigy_d_<role>": d}. Config: `[optim] name = "prodigy"`
 (every role), settings in `[optim.prodigy]` (ProdigyConfig). Shampoo takes Prodigy for its
@@ -62,6 +68,8 @@ class ProdigyConfig(OptimizerSettings):
     growth_rate: float | None = None  # d grows by at most this factor per step; unset: no limit
     use_bias_correction: bool = False  # Adam's bias correction in the step size γ
     safeguard_warmup: bool = False  # leave lr out of s (recommended with an lr warm-up)
+    cap_first_increase: bool = False  # growth_rate caps d's first increase from d0 too (the reference: uncapped)
+    eps_with_step_d: bool = False  # eps x the d of the step, not the updated d (the reference's)
     embed: Role = Role(PRODIGY)
     hidden: Role = Role(PRODIGY)
     head: Role = Role(PRODIGY)
@@ -103,17 +111,21 @@ def prodigy_step(group: dict, state: dict) -> None:
         st["exp_avg"].mul_(beta1).add_(g, alpha=d * (1 - beta1))
         st["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=d * d * (1 - beta2))
         s_norm = s_norm + st["s"].mul_(beta3).add_(g, alpha=gamma_s * d * d / d0).abs().sum()
+    r, s_norm = float(r), float(s_norm)
+    if s_norm == 0:  # no gradient signal yet: the reference takes no step and keeps d, r and k
+        return
+    d_hat = group["d_coef"] * r / s_norm
+    d_max = max(group.get("d_max", d0), d_hat)
+    growth = group["growth_rate"]
+    base = max(d, d_hat) if d == d0 and not group["cap_first_increase"] else d
+    new_d = d_max if growth is None else min(d_max, growth * base)
+    eps_d = d if group["eps_with_step_d"] else new_d
     for p in params:
         st = state[p]
         if group["weight_decay"]:
             p.mul_(1 - gamma * d * group["weight_decay"])
-        p.addcdiv_(st["exp_avg"], st["exp_avg_sq"].sqrt().add_(d * group["eps"]), value=-gamma * d)
-    r, s_norm = float(r), float(s_norm)
-    d_max = group.get("d_max", d0)
-    if s_norm > 0:
-        d_max = max(d_max, group["d_coef"] * r / s_norm)
-    growth = group["growth_rate"]
-    group.update(d=d_max if growth is None else min(d_max, growth * d), d_max=d_max, d_numerator=r, k=k)
+        p.addcdiv_(st["exp_avg"], st["exp_avg_sq"].sqrt().add_(eps_d * group["eps"]), value=-gamma * d)
+    group.update(d=new_d, d_max=d_max, d_numerator=r, k=k)
 
 
 def prodigy_metrics(groups: list[dict]) -> dict[str, float]:

@@ -31,8 +31,14 @@ def set_grads(ps, targets, noise_seed):
         p.grad = (p.detach() - x_star) + 0.1 * torch.randn(p.shape, generator=g, dtype=F64)
 
 
-def reference_prodigy(xs, grads_of, steps, lr, betas, eps, d0, wd, bias_correction, safeguard, growth):
-    """The paper's Prodigy (Adam version) for one group, with its (1 − β3) factors, step by step."""
+def reference_prodigy(xs, grads_of, steps, lr, betas, eps, d0, wd, bias_correction, safeguard, growth,
+                      cap_first=False, eps_step_d=False):
+    """The published Prodigy (Mishchenko & Defazio, Adam version) for one group, as its reference
+    implementation (konstmish/prodigy) runs it, written out with the paper's (1 − β3) factors:
+    r and s accumulate with the current d; no step while ‖s‖₁ = 0; d̂ = r/‖s‖₁, d_max = max(d_max, d̂);
+    the first increase from d0 starts from max(d0, d̂) (uncapped), then d' = min(d_max, growth·d); the step
+    x -= γ·d·m/(√v + d'·ε) uses the old d and ε times the new one. cap_first / eps_step_d: the project's
+    options (growth caps the first increase too; ε times the old d)."""
     beta1, beta2 = betas
     beta3 = math.sqrt(beta2)
     x0 = [x.clone() for x in xs]
@@ -44,37 +50,48 @@ def reference_prodigy(xs, grads_of, steps, lr, betas, eps, d0, wd, bias_correcti
         gs = grads_of(xs, k)
         gamma = lr * (math.sqrt(1 - beta2**k) / (1 - beta1**k) if bias_correction else 1.0)
         gamma_s = 1.0 if safeguard else gamma
-        r = beta3 * r + (1 - beta3) * gamma * d**2 * sum(float((g * (a - x)).sum()) for g, a, x in zip(gs, x0, xs))
+        r_new = beta3 * r + (1 - beta3) * gamma * d**2 * sum(float((g * (a - x)).sum()) for g, a, x in zip(gs, x0, xs))
         for i, g in enumerate(gs):
             m[i] = beta1 * m[i] + (1 - beta1) * d * g
             v[i] = beta2 * v[i] + (1 - beta2) * d**2 * g**2
             s[i] = beta3 * s[i] + (1 - beta3) * gamma_s * d**2 * g
-        d_hat = r / sum(float(si.abs().sum()) for si in s)
-        xs = [(1 - gamma * d * wd) * x - gamma * d * mi / (vi.sqrt() + d * eps) for x, mi, vi in zip(xs, m, v)]
+        s_norm = sum(float(si.abs().sum()) for si in s)
+        if s_norm == 0:
+            history.append(d)
+            continue
+        r = r_new
+        d_hat = r / s_norm
         d_max = max(d_max, d_hat)
-        d = d_max if growth is None else min(d_max, growth * d)
+        start = max(d, d_hat) if d == d0 and not cap_first else d
+        new_d = d_max if growth is None else min(d_max, growth * start)
+        eps_d = d if eps_step_d else new_d
+        xs = [(1 - gamma * d * wd) * x - gamma * d * mi / (vi.sqrt() + eps_d * eps) for x, mi, vi in zip(xs, m, v)]
+        d = new_d
         history.append(d)
     return xs, history
 
 
-@pytest.mark.parametrize("bias_correction, safeguard, growth, wd", [
-    (False, False, None, 0.0),
-    (True, False, None, 0.1),
-    (False, True, 1.2, 0.0),
-    (False, False, 1.2, 0.0),
+@pytest.mark.parametrize("bias_correction, safeguard, growth, wd, cap_first, eps_step_d", [
+    (False, False, None, 0.0, False, False),
+    (True, False, None, 0.1, False, False),
+    (False, True, 1.2, 0.0, False, False),
+    (False, False, 1.2, 0.0, False, False),
+    (False, False, 1.2, 0.0, True, False),  # the project's options
+    (False, False, None, 0.0, False, True),
 ])
-def test_prodigy_update_equations(bias_correction, safeguard, growth, wd):
+def test_prodigy_update_equations(bias_correction, safeguard, growth, wd, cap_first, eps_step_d):
     """Two param groups (two roles) with their own d, 10 steps on a noisy quadratic, against the
-    paper's equations (short averages, so that d grows within the 10 steps and a growth limit binds)."""
-    hp = dict(lr=0.5, betas=(0.5, 0.9), eps=1e-8, d0=1e-3, wd=wd, bias_correction=bias_correction,
-              safeguard=safeguard, growth=growth)
+    published equations (short averages, so that d grows within the 10 steps and a growth limit binds)."""
+    hp = dict(lr=0.5, betas=(0.5, 0.9), eps=1e-3, d0=1e-3, wd=wd, bias_correction=bias_correction,
+              safeguard=safeguard, growth=growth, cap_first=cap_first, eps_step_d=eps_step_d)
     (a, b), (ta, tb) = problem([(6, 4), (5,)])
     start = [a.detach().clone(), b.detach().clone()]
     noise = [[0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * k + i), dtype=F64)
               for i, p in enumerate((a, b))] for k in range(1, 11)]
     opt = Prodigy([{"params": [a], "role": "hidden"}, {"params": [b], "role": "scalar", "lr": 0.25}],
                   lr=hp["lr"], betas=hp["betas"], eps=hp["eps"], d0=hp["d0"], weight_decay=wd,
-                  use_bias_correction=bias_correction, safeguard_warmup=safeguard, growth_rate=growth)
+                  use_bias_correction=bias_correction, safeguard_warmup=safeguard, growth_rate=growth,
+                  cap_first_increase=cap_first, eps_with_step_d=eps_step_d)
     ds = []
     for k in range(10):
         a.grad, b.grad = (a.detach() - ta) + noise[k][0], (b.detach() - tb) + noise[k][1]
@@ -91,7 +108,60 @@ def test_prodigy_update_equations(bias_correction, safeguard, growth, wd):
     assert history_a == sorted(history_a) and history_a != history_b  # d never shrinks; one per role
     assert history_a[-1] > 1.5 * hp["d0"]
     if growth is not None:
-        assert max(y / x for x, y in zip(history_a, history_a[1:])) == pytest.approx(growth, rel=1e-9)
+        ratios = [y / x for x, y in zip(history_a, history_a[1:])]
+        first = next(i for i, r in enumerate(ratios) if r > 1)  # the first increase from d0
+        later = ratios[first + 1:]
+        assert max(later) == pytest.approx(growth, rel=1e-9)  # the limit binds after the first increase
+        if cap_first:
+            assert ratios[first] <= growth * (1 + 1e-12)  # ... and the first one too when asked
+
+
+def test_first_increase_is_uncapped_unless_asked():
+    """With growth 1.02, d's first increase from d0 is d̂/d0 (x1.58 here); cap_first_increase makes it 1.02."""
+    for cap in (False, True):
+        (x,), (t,) = problem([(8, 8)])
+        opt = Prodigy([x], lr=1.0, growth_rate=1.02, cap_first_increase=cap)
+        d = [1e-6]
+        while d[-1] == 1e-6 and len(d) < 20:
+            x.grad = x.detach() - t
+            opt.step()
+            d.append(opt.metrics()["prodigy_d_0"])
+        ratio = d[-1] / 1e-6
+        assert ratio == pytest.approx(1.02) if cap else ratio > 1.3, (cap, d)
+
+
+def test_eps_takes_the_updated_d_unless_asked():
+    """β1 = β2 = 0: a step is x -= lr·d·(d·g)/(d·|g| + d_eps·ε); at the step where d grows, a large ε shows
+    whether d_eps is the updated d (the reference) or the step's d (eps_with_step_d)."""
+    for step_d in (False, True):
+        (x,), (t,) = problem([(4, 3)])
+        opt = Prodigy([x], lr=1.0, betas=(0.0, 0.0), beta3=0.0, eps=1.0, d0=0.01, eps_with_step_d=step_d)
+        for _ in range(30):
+            before, d_old = x.detach().clone(), opt.metrics()["prodigy_d_0"]
+            g = (before - t) + 0.5 * torch.sign(before - t)
+            x.grad = g.clone()
+            opt.step()
+            d_new = opt.metrics()["prodigy_d_0"]
+            if d_new > d_old:
+                break
+        assert d_new > 1.05 * d_old
+        eps_d = d_old if step_d else d_new
+        expected = before - d_old * (d_old * g) / (d_old * g.abs() + eps_d * 1.0)
+        torch.testing.assert_close(x.detach(), expected, rtol=1e-12, atol=1e-14)
+        other = before - d_old * (d_old * g) / (d_old * g.abs() + (d_new if step_d else d_old) * 1.0)
+        assert (x.detach() - other).abs().max() > 1e-6  # the two choices differ visibly here
+
+
+def test_no_step_without_gradient_signal():
+    """All gradients zero from the start: ‖s‖₁ = 0, so neither x nor d nor the step count move."""
+    (x,), _ = problem([(5, 5)])
+    before = x.detach().clone()
+    opt = Prodigy([x], lr=1.0, weight_decay=0.1)
+    for _ in range(3):
+        x.grad = torch.zeros_like(x)
+        opt.step()
+    assert torch.equal(x.detach(), before) and opt.metrics()["prodigy_d_0"] == 1e-6
+    assert opt.param_groups[0].get("k", 0) == 0
 
 
 def test_metrics_give_d_per_role_of_the_model():
