@@ -25,7 +25,8 @@ WINDOW_KINDS = ("L", "S")  # per block in model.window_pattern: 'L' attends over
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # parameter dtypes (float64: numerical checks)
 RESIDUALS = ("add", "convex")  # model.residual: x + f(x) | (1 − a)·x + a·f(x), a = residual_scale / (2 depth)
 ATTN_SCALE_RULES = ("inv_sqrt_d", "inv_d")  # model.attn_scale = 0: logits scaled by 1/√head_dim | 1/head_dim
-HIDDEN_INITS = ("uniform", "normal")  # q/k/v and MLP-in weights: uniform std 0.5/√fan_in | normal var 0.33/fan_in
+HIDDEN_INITS = ("uniform", "normal", "orthogonal")  # q/k/v, MLP in: uniform std 0.5/√fan_in | normal var 0.33/fan_in
+# | orthogonal: RMS->RMS singular values all 1 (model/linear.py)
 SOFTCAP_KINDS = ("tanh", "algebraic")  # cap·tanh(z/cap) | cap·z/√(z² + cap²)
 ACTIVATIONS = ("relu2", "gelu_scaled")  # relu(x)² | GELU(x)/1.1289 (1-Lipschitz)
 
@@ -63,7 +64,7 @@ class ModelConfig:
     norm_gains: bool = False  # every RMSNorm but the QK-norm has a learned gain (2 per block, embedding, head)
     doc_masking: bool = True  # attention stays inside documents (split at eot_token); false: plain causal per row
     softcap_kind: str = "tanh"  # logit cap: "tanh" cap*tanh(z/cap) | "algebraic" cap*z/sqrt(z^2+cap^2)
-    hidden_init: str = "uniform"  # q/k/v, MLP in: "uniform" std 0.5/sqrt(fan_in) | "normal" var 0.33/fan_in
+    hidden_init: str = "uniform"  # q/k/v, MLP in: "uniform" std 0.5/sqrt(fan_in) | "normal" var 0.33/fan_in | "orthogonal"
     embed_bf16: bool = False  # store the token tables (embedding, value embeddings) in bfloat16
     fp8_head: bool = False  # the head's training matmuls in float8 with the record's scales (model/fp8.py; Hopper)
     loss_chunk: int = 8192  # head + cap + loss: at most this many tokens' full-vocabulary logits at once

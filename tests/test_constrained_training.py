@@ -163,9 +163,10 @@ def test_impossible_settings_fail_at_start_up_naming_the_key(overrides, key):
 def test_update_norm_and_row_cap():
     """Muon's update per unit lr: s(m, n) x overshoot, in RMS->RMS units over sqrt(m/n); an explicit value
     wins; the row cap scales only the rows above max_norm."""
-    assert unit_update_norm(0.0, "spectral", 1.2, (1024, 256), True) == pytest.approx(1.2)
-    assert unit_update_norm(0.0, "muon", 1.2, (256, 1024), True) == pytest.approx(2.4)
-    assert unit_update_norm(0.0, "muon", 1.2, (1024, 256), False) == pytest.approx(2.4)
+    assert unit_update_norm(0.0, ("spectral", 1.0), 1.2, (1024, 256), True) == pytest.approx(1.2)
+    assert unit_update_norm(0.0, ("muon", 1.0), 1.2, (256, 1024), True) == pytest.approx(2.4)
+    assert unit_update_norm(0.0, ("muon", 1.0), 1.2, (1024, 256), False) == pytest.approx(2.4)
+    assert unit_update_norm(0.0, ("spectral", 0.5), 1.2, (1024, 256), True) == pytest.approx(0.6)  # Scion, radius 0.5
     assert unit_update_norm(0.5, None, 1.2, (4, 4), True) == 0.5
     assert unit_update_norm(0.0, None, 1.2, (4, 4), True) is None
     table = torch.tensor([[3.0, 4.0], [0.3, 0.4]])  # row RMS 3.54 and 0.354

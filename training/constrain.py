@@ -21,8 +21,9 @@ the second there.
 
 The soft cap needs the largest spectral norm one optimizer step can add, max_update, in the units of
 max_norm. We take max_update = (the role's current lr) x unit_update_norm(m, n): constraint.update_norm
-when set (> 0; per unit of lr, the same for every shape), else, for Muon's hidden matrices (the optimizer
-whose update has a known spectral norm), its shape scale s(m, n) x the largest singular value its
+when set (> 0; per unit of lr, the same for every shape), else, for Muon's hidden matrices and Scion's roles
+in the spectral norm (updates with a known spectral norm), the shape scale s(m, n) (x Scion's radius) x the
+largest singular value the
 orthogonalization leaves (constraint.ns_overshoot; 0: computed from the coefficients, 1.2024 for the 5-step
 quintic, whose normalized singular values end anywhere up to that), divided by √(m/n) when
 constraint.shape_scaled (the RMS->RMS units of max_norm). Weight decay only shrinks W before the update, so
@@ -86,18 +87,32 @@ def row_rms_cap_(table: Tensor, max_norm: float) -> None:
     table.mul_(factor.to(table.dtype))
 
 
-def unit_update_norm(explicit: float, muon_scale: str | None, overshoot: float, shape: tuple[int, int],
+def unit_update_norm(explicit: float, auto: tuple[str, float] | None, overshoot: float, shape: tuple[int, int],
                      shape_scaled: bool) -> float | None:
     """The spectral norm one optimizer step adds to a matrix of `shape`, per unit of learning rate, in the
-    units of max_norm (see the module docstring): `explicit` when > 0; for Muon (`muon_scale`, its
-    shape_scale setting) s(m, n) x overshoot, over √(m/n) when shape_scaled; else None (unknown)."""
+    units of max_norm (see the module docstring): `explicit` when > 0; for an orthogonalized update
+    (`auto` = (its shape scaling, a factor): automatic_update below) factor x s(m, n) x overshoot, over
+    √(m/n) when shape_scaled; else None (unknown)."""
     if explicit > 0:
         return explicit
-    if muon_scale is None:
+    if auto is None:
         return None
+    kind, factor = auto
     m, n = shape
-    sigma = shape_scale(muon_scale, m, n) * overshoot
+    sigma = factor * shape_scale(kind, m, n) * overshoot
     return sigma / math.sqrt(m / n) if shape_scaled else sigma
+
+
+def automatic_update(optim, role: str) -> tuple[str, float] | None:
+    """How a role's update is scaled when it is an orthogonalization: Muon's and NorMuon's hidden matrices
+    (their shape_scale setting, factor 1: NorMuon's update has Muon's Frobenius norm ...), Scion's roles in
+    the spectral norm (√(d_out/d_in) x the role's radius); None for the others (update_norm must be given)."""
+    if optim.name in ("muon", "normuon") and role == "hidden":
+        return optim.settings.shape_scale, 1.0
+    if optim.name == "scion":
+        r = optim.settings.roles()[role]
+        return ("spectral", r.scale) if r.norm == "spectral" else None
+    return None
 
 
 def soft_cap_limit() -> float:
@@ -114,12 +129,6 @@ def overshoot_of(cfg) -> float:
     if not hasattr(s, "orthogonalize"):
         return 1.0
     return largest_singular_value(s.orthogonalize, s.ns_steps or None)
-
-
-def muon_shape_scale(optim) -> str | None:
-    """The shape scaling of Muon's hidden updates (Muon's and NorMuon's, whose update has Muon's Frobenius
-    norm), which the automatic soft cap uses; None for the other optimizers."""
-    return optim.settings.shape_scale if optim.name in ("muon", "normuon") else None
 
 
 def settings_of(c) -> ConstraintSettings:
@@ -159,7 +168,6 @@ class Constrainer:
         """lr: each role's learning rate for the constraint at initialization (the soft cap's max_update)."""
         c = cfg.constraint
         self.cfg, self.model, self.info = cfg, model, info
-        self.muon_scale = muon_shape_scale(cfg.optim)
         self.settings = settings_of(c)
         self.overshoot = overshoot_of(cfg)
         by_role = model.params_by_role()
@@ -212,8 +220,8 @@ class Constrainer:
         """The soft cap's max_update at the role's lr (None for the other methods)."""
         if plan.method != "spectral_soft_cap":
             return None
-        muon = self.muon_scale if plan.role == "hidden" else None
-        unit = unit_update_norm(plan.update_norm, muon, self.overshoot, shape, self.settings.shape_scaled)
+        auto = automatic_update(self.cfg.optim, plan.role)
+        unit = unit_update_norm(plan.update_norm, auto, self.overshoot, shape, self.settings.shape_scaled)
         if unit is None:
             raise ValueError(f"constraint: the soft cap on the {plan.role} matrices needs update_norm > 0")
         return lr * unit
@@ -408,13 +416,14 @@ def _check_soft_caps(cfg) -> None:
         if rc.method != "spectral_soft_cap":
             continue
         optim = cfg.optim
-        muon = muon_shape_scale(optim) if role == "hidden" else None
+        auto = automatic_update(optim, role)
         lr = optim.role_lr(role)
         for shape in shapes[role]:
-            unit = unit_update_norm(rc.update_norm, muon, overshoot_of(cfg), shape, c.shape_scaled)
+            unit = unit_update_norm(rc.update_norm, auto, overshoot_of(cfg), shape, c.shape_scaled)
             _check(unit is not None,
                    f"{prefix}.method = 'spectral_soft_cap' needs {prefix}.update_norm > 0: the spectral norm one "
-                   f"update adds per unit of lr (automatic only for Muon's hidden matrices)")
+                   f"update adds per unit of lr (automatic only for Muon's hidden matrices and Scion's spectral "
+                   f"roles)")
             ratio = lr * unit / rc.max_norm
             _check(ratio <= soft_cap_limit(),
                    f"{prefix}.method = 'spectral_soft_cap': one update at the peak lr {lr:g} can add {lr * unit:.4g} "
