@@ -242,3 +242,20 @@ def test_prodigy_as_the_auxiliary_role_of(config, name, matrices):
         opt.step()
         opt.zero_grad()
     assert opt.metrics()["prodigy_d_head"] > 1e-6 and not torch.equal(before, embed)
+
+
+def test_the_defaults_are_the_published_algorithm():
+    """Prodigy with none of the options given follows the published algorithm (first increase uncapped, ε with
+    the updated d), and ProdigyConfig's defaults are the same."""
+    from optimizers.prodigy import ProdigyConfig
+
+    assert not ProdigyConfig().cap_first_increase and not ProdigyConfig().eps_with_step_d
+    (a,), (t,) = problem([(6, 4)])
+    start = a.detach().clone()
+    opt = Prodigy([a], lr=0.5, betas=(0.5, 0.9), eps=1e-3, d0=1e-3, growth_rate=1.2)
+    for k in range(10):
+        a.grad = a.detach() - t
+        opt.step()
+    expected, _ = reference_prodigy([start], lambda xs, k: [xs[0] - t], 10, lr=0.5, betas=(0.5, 0.9), eps=1e-3,
+                                    d0=1e-3, wd=0.0, bias_correction=False, safeguard=False, growth=1.2)
+    torch.testing.assert_close(a.detach(), expected[0], rtol=1e-10, atol=1e-12)

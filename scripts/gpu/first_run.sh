@@ -5,6 +5,8 @@
 #
 #   bash scripts/gpu/first_run.sh OUT            # ns, step, step_group, train, tests (scripts/gpu/check.py)
 #   bash scripts/gpu/first_run.sh OUT record     # a second command: the record's script side by side (~5 min)
+#   bash scripts/gpu/first_run.sh OUT lipschitz  # the thesis's Lipschitz transformer, full size
+#                                                # (configs/lipschitz_thesis.toml, ~3 min estimated; needs data/shakespeare_char)
 #
 # Before the lease, on the CPU machine (the borrowed one can download nothing):
 #   python3 -m data.shakespeare               # data/shakespeare_char/: real text for the train stage (~10 MB,
@@ -42,7 +44,12 @@ case "$WHAT" in
     "$PY" -m scripts.gpu.check --stages record --record-log "$LOG" --time-limit-s "${TIME_LIMIT_S:-540}" \
       --budget record="${TIME_LIMIT_S:-540}" --archive "$OUT/gpu_record.tar.gz" 2>&1 | tee "$OUT/gpu_record.txt"
     ;;
+  lipschitz)
+    timeout "${TIME_LIMIT_S:-540}" "$PY" train_gpt.py --config configs/lipschitz_thesis.toml --log.dir="$OUT/runs" \
+      --log.run_id=lipschitz_thesis --checkpoint.final=false 2>&1 | tee "$OUT/lipschitz_thesis.txt"
+    tar czf "$OUT/lipschitz_thesis.tar.gz" -C "$OUT/runs" lipschitz_thesis && rm -rf "$OUT/runs"
+    ;;
   *)
-    echo "unknown run '$WHAT': check (default) or record"; exit 2
+    echo "unknown run '$WHAT': check (default), record or lipschitz"; exit 2
     ;;
 esac
