@@ -54,9 +54,10 @@ head's (head_dim × width) block (σ·√(width/head_dim)) and A as an RMS; in t
 the term carries width/head_dim, and a wider model at the same per-head norms has the same bound.
 
 `reference_formula` is the recipe of the paper's code (phess2/lipschitz-transformers, utils.py), for
-comparison: it tracks activation norms from 1, uses whole-matrix norms of q, k, v (not per head), multiplies
-the whole attention term by the softmax scale and divides the MLP's by GELU's largest slope (1.1289). Those
-are its choices, not ours; the two are reported side by side.
+comparison: it tracks activation norms from 1, uses whole-matrix RMS→RMS norms of q, k, v (not per head),
+multiplies the whole attention term by its softmax_scale (the logits' factor beyond 1/head_dim, which its
+RMS units absorb: ours is attn_scale · head_dim, 1 for the thesis's 1/head_dim) and divides the MLP's by
+GELU's largest slope (1.1289). Those are its choices, not ours; the two are reported side by side.
 """
 
 from __future__ import annotations
@@ -192,8 +193,10 @@ def reference_formula(model) -> float:
     matrices, the embedding's and unembedding's norms at the ends, activation norms tracked from 1."""
     cfg = model.cfg
     alpha = 1 / (2 * cfg.depth)
-    scale = abs(model.blocks[0].attn.scale) if model.blocks[0].attn is not None else 0.0
-    act, lip = 1.0, _rms_norm(model.embed.weight.detach()[: cfg.vocab_size].mT)
+    attn = model.blocks[0].attn
+    scale = abs(attn.scale) * cfg.head_dim if attn is not None else 0.0  # its softmax_scale: beyond 1/head_dim
+    table = model.embed.weight.detach()[: cfg.vocab_size].double()
+    act, lip = 1.0, table.square().mean(-1).sqrt().max().item()  # its Embed norm: the largest token's RMS
     for block in model.blocks:
         mlp = _rms_norm(block.mlp.proj.weight.detach()) * _rms_norm(block.mlp.fc.weight.detach()) / 1.1289
         if block.attn is not None:

@@ -261,3 +261,37 @@ def test_the_reference_formula_is_reported_beside_the_bound():
     b = lipschitz_bound(model)
     assert b.reference is not None and b.reference > 0
     assert b.metrics()["lipschitz_reference"] == b.reference
+
+
+def test_the_reference_formula_follows_the_reference_code():
+    """phess2/lipschitz-transformers utils.calculate_lipschitz_constant, written out here from the weights'
+    RMS->RMS norms (its weight_norm logs): softmax_scale 1 for our 1/head_dim logits."""
+    from model.lipschitz import reference_formula
+
+    model = toy_model()
+    cfg = model.cfg
+    assert model.blocks[0].attn.scale == pytest.approx(1 / cfg.head_dim)  # the thesis's rule, softmax_scale 1
+    for p in model.parameters():  # the output projections start at zero: give them weight
+        if p.ndim >= 2 and not p.detach().any():
+            torch.nn.init.normal_(p, std=0.05)
+
+    def norm(W):  # RMS->RMS: sqrt(fan_in / fan_out) sigma_max
+        W = W.detach().double()
+        return math.sqrt(W.size(-1) / W.size(-2)) * torch.linalg.matrix_norm(W, ord=2).item()
+
+    alpha, act = 1 / (2 * cfg.depth), [1.0]
+    layers = []
+    for block in model.blocks:
+        q, k, v = (norm(w) for w in block.attn.qkv_w)
+        w, m_in, m_out = norm(block.attn.proj.weight), norm(block.mlp.fc.weight), norm(block.mlp.proj.weight)
+        layers.append((q, k, v, w, m_in, m_out))
+        act.append((1 - alpha) * act[-1] + alpha * (1 / 3 * w * v) * act[-1])
+        act.append((1 - alpha) * act[-1] + alpha * (m_out * m_in / 1.1289) * act[-1])
+    embed = model.embed.weight.detach().double()[: cfg.vocab_size]
+    L = embed.square().mean(-1).sqrt().max().item()  # its Embed weight_norm: the largest column RMS
+    for i, (q, k, v, w, m_in, m_out) in enumerate(layers):
+        L_att = 1 / 3 * w * (v + 2 * v * act[2 * i] ** 2 * q * k) * 1.0
+        L = (1 - alpha) * L + alpha * L * L_att
+        L = (1 - alpha) * L + alpha * L * (m_out * m_in / 1.1289)
+    L *= norm(model.head.weight.detach()[: cfg.vocab_size])
+    assert reference_formula(model) == pytest.approx(L, rel=1e-9)
