@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common.config_io import to_toml
-from common.errors import CheckpointError, ConfigError, DataError, DataNotFoundError, ShardError
+from common.errors import USER_ERRORS, ConfigError
 from common.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from distributed import process_group as distributed
 from training.config import load_config, validate
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         distributed.check_same_everywhere(info, to_toml(cfg), distributed.code_hash(REPO))
         summary = train(cfg, info, {"config_file": config_path, "overrides": overrides})
-    except (ConfigError, DataError, DataNotFoundError, ShardError, CheckpointError) as e:
+    except USER_ERRORS as e:  # expected errors (bad config, data, checkpoint): a message; the traceback is in log.txt
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except Exception as e:

@@ -7,7 +7,6 @@ temporaries of a killed write end in TMP_SUFFIX and `remove_stale_tmp` clears th
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Callable
@@ -40,7 +39,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """`obj` as strict JSON (common/strict_json.py: non-finite numbers as null, the reason beside them)."""
+    from common.strict_json import dumps
+
+    return atomic_write_text(path, dumps(obj, indent=2) + "\n")
 
 
 def atomic_torch_save(path: str | Path, obj) -> Path:

@@ -59,7 +59,6 @@ with their token counts) and, for characters, ``vocab.json``. The tool prints wh
 
 import argparse
 import configparser
-import json
 import os
 import re
 import subprocess
@@ -71,6 +70,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import strict_json
 from common.atomic import atomic_write_text
 from common.paths import REPO
 from data.char_vocab import CharVocab, char_tokens
@@ -307,7 +307,7 @@ def prepare(train, val, out_dir, tokenizer="char", bpe_path=None, source=""):
 
 def _write_json(path, data):
     """Write ``data`` as JSON atomically; return the path."""
-    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, strict_json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return path
 
 

@@ -36,9 +36,10 @@ class Reporter:
         self._fallbacks_logged = 0
         self.wandb = None
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, echo: bool = True) -> None:
+        """A line of log.txt, printed too unless echo is False (a traceback: log.txt only)."""
         if self.out is not None:
-            self.out.log(message)
+            self.out.log(message, echo=echo)
 
     def start_wandb(self, run_dir) -> None:
         if self.cfg.log.wandb and self.info.is_main:

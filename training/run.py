@@ -150,7 +150,10 @@ class Run:
             self.report.log(f"aborted at step {trainer.step_count} without a new checkpoint")
         except Exception as e:
             status, error = "failed", f"{type(e).__name__}: {e}"
-            self.report.log(f"failed during step {trainer.step_count + 1}: {error}\n{traceback.format_exc().rstrip()}")
+            # the message on the screen (train_gpt.py prints it, and a traceback only for unexpected errors);
+            # the traceback always in log.txt, for whoever needs it
+            self.report.log(f"failed during step {trainer.step_count + 1}: {error}", echo=False)
+            self.report.log(traceback.format_exc().rstrip(), echo=False)
             raise
         finally:
             summary = self.finish(status, error)

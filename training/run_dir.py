@@ -4,10 +4,12 @@ checkpoints/. A new run never reuses an existing directory; resuming continues t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
 
+from common import strict_json
 from common.atomic import atomic_write_json, atomic_write_text
 from common.config_io import to_dict
 from common.errors import ConfigError
@@ -62,9 +64,19 @@ class RunOutputs:
             atomic_write_text(self.dir / "config.toml", toml_text)
 
     def metrics(self, row: dict) -> None:
+        """One strict-JSON line of metrics.jsonl; a write that fails partway (a full disk) is cut back off,
+        so the file never ends in half a row."""
         if self.is_main:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            line = (strict_json.dumps(row) + "\n").encode()
+            with open(self.dir / "metrics.jsonl", "ab") as f:
+                start = f.tell()
+                try:
+                    f.write(line)
+                    f.flush()
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        f.truncate(start)
+                    raise
 
     def summary(self, summary: dict) -> None:
         if self.is_main:

@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import strict_json
 from common.atomic import atomic_write_text
 from common.hardware import cpu_model
 from common.paths import REPO
@@ -174,7 +175,7 @@ def add_study(folder: Path, track: str, title: str, kind: str, root: Path = RECO
     headline = headline or next((h for f in tops if f.suffix == ".json" for h in [_json_headline(f)] if h), "")
     info = {"kind": kind, "title": title, "headline": headline, "runs": len(runs), "source": str(folder),
             "figures": [f.name for f in tops if f.suffix == ".png"], "hardware": _hardware(runs)}
-    atomic_write_text(dest / STUDY_FILE, json.dumps(info, indent=1) + "\n")
+    atomic_write_text(dest / STUDY_FILE, strict_json.dumps(info, indent=1) + "\n")
     return dest
 
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from pathlib import Path
 
+from common import strict_json
 from common.atomic import atomic_write_text
 from scripts.studies.runner import SweepDir
 from scripts.studies.spec import PlannedRun, SpecError, load_spec, plan_runs
@@ -109,7 +109,7 @@ def summarize(rows: list[dict], path: Path) -> Path:
     data = {"headline": headline if best else "no run with a result",
             "curves": {f"{o}+{m}": [dict(log10_bound=p[0], accuracy=p[1], run_id=p[2]) for p in points]
                        for (o, m), points in lines.items()}}
-    return atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return atomic_write_text(path, strict_json.dumps(data, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

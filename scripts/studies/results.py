@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
 
+from common import strict_json
 from common.atomic import atomic_write_text
 from scripts.studies.runner import FINISHED, SweepDir
 from scripts.studies.spec import PlannedRun, PlotSpec, SweepSpec, format_value
@@ -263,7 +263,7 @@ def write_transfer(rows: list[dict], plot: PlotSpec, root: Path, title: str = ""
     atomic_write_text(Path(root) / "transfer.md", "\n".join(lines))
     as_json = {str(panel): {**s, "best": {format_value(c): v for c, v in s["best"].items()}}
                for panel, s in shift.items()}
-    atomic_write_text(Path(root) / "transfer.json", json.dumps(
+    atomic_write_text(Path(root) / "transfer.json", strict_json.dumps(
         {"x": plot.x, "curves": plot.curves, "panels": plot.panels, "headline": transfer_headline(shift, plot),
          "shift": as_json}, indent=1) + "\n")
     return shift
