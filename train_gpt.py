@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common.config_io import to_toml
-from common.errors import USER_ERRORS, ConfigError
+from common.errors import USER_ERRORS, ConfigError, WriteError
 from common.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from distributed import process_group as distributed
 from training.config import load_config, validate
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:  # expected errors (bad config, data, checkpoint): a message; the traceback is in log.txt
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except WriteError as e:  # a full disk: the message says what is intact; the traceback is in log.txt
+        print(f"error on rank {info.rank}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as e:
         if info.active and _collective_failure(e):
             print(f"error on rank {info.rank}: a collective operation failed: {e}\n"

@@ -28,6 +28,12 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
+class WriteError(OSError):
+    """A file of the run could not be written (a full disk, a quota, a vanished mount); the message names
+    the file, the cause and what is still intact. train_gpt.py prints it without a traceback and exits 1
+    (the run failed; nothing about the config is wrong)."""
+
+
 # What train_gpt.py reports as a message with exit code 2, before or during a run.
 USER_ERRORS = (ConfigError, DataError, DataNotFoundError, ShardError, CheckpointError)
 

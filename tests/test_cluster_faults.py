@@ -95,3 +95,102 @@ def test_a_data_error_mid_run_is_a_message_and_the_traceback_is_in_the_log(tmp_p
     assert summary["status"] == "failed" and summary["steps"] >= 1 and "d_train_000001.bin" in summary["error"]
     log = (run_dir / "log.txt").read_text()
     assert "Traceback (most recent call last)" in log and "failed during step" in log
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 5: a full disk while writing a checkpoint, a metrics row, the summary
+
+
+def disk_full_after(nbytes):
+    """A write that puts `nbytes` on disk and then fails as a full disk does."""
+    def write(f, data):
+        f.write(data[:nbytes])
+        f.flush()
+        raise OSError(28, "No space left on device")
+    return write
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from training.checkpoint import load_checkpoint
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if obj.get("step") == 8:  # the second checkpoint: half written, then the disk is full
+            buf = __import__("io").BytesIO()
+            real_save(obj, buf)
+            disk_full_after(len(buf.getvalue()) // 2)(f, buf.getvalue())
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    code, run_dir = run(tmp_path)
+    out = capsys.readouterr()
+    assert code == EXIT_FAILED
+    assert "could not write the checkpoint" in out.err and "step_000008.pt" in out.err
+    assert "No space left on device" in out.err and "step_000004.pt" in out.err and "Traceback" not in out.err
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_000004.pt"]  # no temporary, no half checkpoint
+    assert load_checkpoint(run_dir / "checkpoints" / "step_000004.pt")["step"] == 4
+    summary = strict_files(run_dir)["summary.json"][0]
+    assert summary["status"] == "failed" and "No space left" in summary["error"]
+    assert "Traceback (most recent call last)" in (run_dir / "log.txt").read_text()
+
+
+def test_a_full_disk_while_appending_metrics_leaves_no_half_row(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from training import run_dir as run_dir_module
+
+    class HalfWrites:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def write(self, data):
+            return disk_full_after(len(data) // 2)(self.f, data)
+
+    calls = {"n": 0}
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = builtins.open(path, mode, *args, **kwargs)
+        if str(path).endswith("metrics.jsonl") and "a" in mode:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                return HalfWrites(f)
+        return f
+
+    monkeypatch.setattr(run_dir_module, "open", fake_open, raising=False)
+    code, run_dir = run(tmp_path)
+    out = capsys.readouterr()
+    assert code == EXIT_FAILED and "could not append" in out.err and "metrics.jsonl" in out.err
+    rows = strict_files(run_dir)["metrics.jsonl"]  # every line whole
+    assert len(rows) == 4 and (run_dir / "metrics.jsonl").read_text().endswith("\n")
+    assert strict_files(run_dir)["summary.json"][0]["status"] == "failed"
+
+
+def test_a_full_disk_while_writing_the_summary_leaves_no_half_file(tmp_path, monkeypatch, capsys):
+    from common import atomic
+
+    real = atomic.atomic_write_text
+
+    def failing(path, text):
+        if str(path).endswith("summary.json"):
+            return atomic.atomic_write(path, lambda f: disk_full_after(len(text) // 2)(f, text.encode()))
+        return real(path, text)
+
+    monkeypatch.setattr(atomic, "atomic_write_text", failing)
+    code, run_dir = run(tmp_path)
+    out = capsys.readouterr()
+    assert code == EXIT_FAILED and "could not write" in out.err and "summary.json" in out.err
+    assert "ended 'completed' at step 12" in out.err
+    assert not (run_dir / "summary.json").exists() and not list(run_dir.glob(".*.tmp"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from common.atomic import atomic_torch_save
+from common.errors import WriteError
 from common.errors import CheckpointError
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -40,7 +41,13 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int) -> Path:
     """Write step_NNNNNN.pt and delete all but the newest `keep` checkpoints of this run."""
     path = checkpoint_dir(run_dir) / f"step_{step:06d}.pt"
-    atomic_torch_save(path, {**state, "step": step})
+    try:
+        atomic_torch_save(path, {**state, "step": step})
+    except OSError as e:  # the temporary is gone (common/atomic.py); the older checkpoints are untouched
+        previous = latest_checkpoint(run_dir)
+        raise WriteError(f"could not write the checkpoint {path}: {e.strerror or e}; nothing was replaced, the "
+                         f"previous checkpoint is {previous if previous else 'none (this was the first)'}"
+                         + (f" (resume from it: --checkpoint.resume={run_dir})" if previous else "")) from e
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 from common import strict_json
 from common.atomic import atomic_write_json, atomic_write_text
 from common.config_io import to_dict
-from common.errors import ConfigError
+from common.errors import ConfigError, WriteError
 from training.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,14 +73,21 @@ class RunOutputs:
                 try:
                     f.write(line)
                     f.flush()
-                except OSError:
+                except OSError as e:
                     with contextlib.suppress(OSError):
                         f.truncate(start)
-                    raise
+                    raise WriteError(f"could not append step {row.get('step')}'s row to {f.name}: "
+                                     f"{e.strerror or e}; the file ends at the previous row") from e
 
     def summary(self, summary: dict) -> None:
         if self.is_main:
-            atomic_write_json(self.dir / "summary.json", summary)
+            path = self.dir / "summary.json"
+            try:
+                atomic_write_json(path, summary)
+            except OSError as e:  # atomic: the earlier summary (a resumed run's) is intact, never half a file
+                raise WriteError(f"could not write {path}: {e.strerror or e}; the run ended '{summary.get('status')}'"
+                                 f" at step {summary.get('steps')}"
+                                 + (f" ({summary['error']})" if summary.get("error") else "")) from e
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
