@@ -121,13 +121,13 @@ def all_reduce_min(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
-def all_reduce_max_flag(flag: bool, info: DistInfo) -> bool:
-    """True on every rank if it is True on any rank."""
+def all_reduce_any(flags: tuple[bool, ...], info: DistInfo) -> tuple[bool, ...]:
+    """Each flag True on every rank if it is True on any rank (one collective for all of them)."""
     if not info.active:
-        return flag
-    t = torch.tensor([int(flag)], device=info.device)
+        return tuple(flags)
+    t = torch.tensor([int(f) for f in flags], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(x) for x in t.tolist())
 
 
 @torch.no_grad()

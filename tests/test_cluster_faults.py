@@ -194,3 +194,51 @@ def test_a_full_disk_while_writing_the_summary_leaves_no_half_file(tmp_path, mon
     assert code == EXIT_FAILED and "could not write" in out.err and "summary.json" in out.err
     assert "ended 'completed' at step 12" in out.err
     assert not (run_dir / "summary.json").exists() and not list(run_dir.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 6: a scheduler's preemption notice
+
+
+def test_sigusr1_checkpoints_and_keeps_going(tmp_path, monkeypatch, capsys):
+    """SIGUSR1 after step 5 (checkpoints every 4): a checkpoint at step 6 (the next step boundary), then the run
+    goes on to the end with the losses of a run that got no signal."""
+    from training.run_dir import read_metrics
+
+    monkeypatch.setenv("NANOGPT_FAULT_SIGNAL_AT", "0:5:USR1")
+    code, signalled = run(tmp_path, "--checkpoint.keep=10", run_id="signalled")
+    assert code == EXIT_OK
+    monkeypatch.delenv("NANOGPT_FAULT_SIGNAL_AT")
+    assert run(tmp_path, "--checkpoint.keep=10", run_id="straight")[0] == EXIT_OK
+    names = sorted(p.name for p in (signalled / "checkpoints").glob("*.pt"))
+    assert names == ["step_000004.pt", "step_000006.pt", "step_000008.pt", "step_000012.pt"]
+    assert "checkpoint written on request (SIGUSR1); continuing" in (signalled / "log.txt").read_text()
+    assert "SIGUSR1" in capsys.readouterr().err
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train_time_ms"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(signalled)) == strip(read_metrics(tmp_path / "straight"))
+    assert json.loads((signalled / "summary.json").read_text())["status"] == "completed"
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOGPT_FAULT_SIGNAL_AT", "0:5:TERM")
+    code, run_dir = run(tmp_path)
+    assert code == EXIT_INTERRUPTED
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 6
+    assert (run_dir / "checkpoints" / "step_000006.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigusr1_to_one_rank_checkpoints_every_rank_and_changes_nothing(tmp_path):
+    """Two gloo processes, SIGUSR1 to rank 1 only after step 5, log lines every 2 steps: both ranks write the
+    step-6 checkpoint together and finish with the weights of a run without the signal."""
+    from tests.test_distributed import assert_same_weights, final_weights, torchrun
+
+    args = ["--optim.name=muon", "--log.every=2", "--checkpoint.every=4", "--checkpoint.keep=10"]
+    signalled = torchrun(2, args, tmp_path, "signalled", env={"NANOGPT_FAULT_SIGNAL_AT": "1:5:USR1"})
+    assert signalled.returncode == 0, signalled.stderr[-3000:]
+    straight = torchrun(2, args, tmp_path, "straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "signalled" / "checkpoints").glob("*.pt"))
+    assert "step_000006.pt" in names and "step_000005.pt" not in names
+    assert_same_weights(final_weights(tmp_path / "signalled"), final_weights(tmp_path / "straight"), 0.0)

@@ -24,7 +24,7 @@ import torch
 from common.atomic import remove_stale_tmp
 from common.config_io import to_dict, to_toml
 from common.hardware import synchronize
-from distributed.process_group import DistInfo, all_reduce_max_flag, all_reduce_mean, broadcast_object
+from distributed.process_group import DistInfo, all_reduce_any, all_reduce_mean, broadcast_object
 from training import checkpoint as ckpt
 from training import schedule
 from training.config import Config
@@ -183,13 +183,17 @@ class Run:
             self.loss_sum.zero_()
             self.loss_count = 0
             self.log_row(step, train_loss)
-        stop_now = stop.requested
-        if self.info.active:  # ranks agree on stopping at log and checkpoint steps only
-            stop_now = all_reduce_max_flag(stop_now, self.info) if (log_due or ckpt_due) else False
-        if ckpt_due or (stop_now and step < steps):
-            if stop_now and not ckpt_due:
+        stop_now, save_now = stop.requested, stop.checkpoint_requested  # SIGINT/SIGTERM; SIGUSR1 (signals.py)
+        if self.info.active:  # ranks agree on stopping and on a requested checkpoint at log and checkpoint steps only
+            stop_now, save_now = all_reduce_any((stop_now, save_now), self.info) if (log_due or ckpt_due) \
+                else (False, False)
+        if ckpt_due or ((stop_now or save_now) and step < steps):
+            if (stop_now or save_now) and not ckpt_due:
                 self.guard.check(self.info)
             self.checkpoint(step)
+            if save_now:
+                stop.checkpoint_requested = False
+                self.report.log(f"step {step}: checkpoint written on request (SIGUSR1); continuing")
         inject_fault(step, self.info.rank)
         return stop_now and step < steps
 
