@@ -27,6 +27,7 @@ from common.exit_codes import EXIT_COLLECTIVE, EXIT_CONFIG, EXIT_DIVERGED, EXIT_
 from distributed import process_group as distributed
 from training.config import load_config, validate
 from training.run import train
+from training.watchdog import NCCL_TIMEOUT_MARGIN_S
 
 REPO = Path(__file__).resolve().parent
 EXIT_OF_STATUS = {"completed": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    info = distributed.init_distributed(cfg.device, cfg.distributed.timeout_s, cfg.distributed.one_rank_group)
+    info = distributed.init_distributed(cfg.device, cfg.distributed.timeout_s, cfg.distributed.one_rank_group,
+                                        nccl_margin_s=NCCL_TIMEOUT_MARGIN_S)
     try:
         distributed.check_same_everywhere(info, to_toml(cfg), distributed.code_hash(REPO))
         summary = train(cfg, info, {"config_file": config_path, "overrides": overrides})

@@ -2,7 +2,9 @@
 
 `python train_gpt.py` runs one process with no process group; under torchrun (RANK, WORLD_SIZE,
 LOCAL_RANK set; one node or several, `--nnodes`/`--rdzv-endpoint`) every process joins one group:
-NCCL when the device is CUDA, gloo on CPU. Collectives fail after `timeout_s` instead of hanging.
+NCCL when the device is CUDA, gloo on CPU. Collectives fail after `timeout_s` instead of hanging (on NCCL the
+training loop's watchdog acts at `timeout_s` and NCCL's own timeout is `nccl_margin_s` later:
+training/watchdog.py).
 
 `distributed.one_rank_group = true` makes a group of one process (the same backends): every
 distributed path then runs with a world of one (gradient hooks and buckets, reduce-scatter, sharded
@@ -55,9 +57,13 @@ def resolve_device(preference: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(device_preference: str = "auto", timeout_s: float = 600.0,
-                     one_rank_group: bool = False) -> DistInfo:
+                     one_rank_group: bool = False, nccl_margin_s: float = 0.0) -> DistInfo:
     """Join the process group of torchrun's processes (or, with one_rank_group and a world of one, make a
-    group of this process alone); no group for one process otherwise."""
+    group of this process alone); no group for one process otherwise.
+
+    On NCCL, an error that NCCL's watchdog finds (a peer's connection lost) aborts the communicators and is
+    raised in the loop at the next collective (TORCH_NCCL_ASYNC_ERROR_HANDLING=2, unless set already; torch's
+    default 3 ends the process at once, before the run can write its summary)."""
     rank = int(os.environ.get("RANK", "0"))
     world_size = env_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -66,8 +72,11 @@ def init_distributed(device_preference: str = "auto", timeout_s: float = 600.0,
         torch.cuda.set_device(device)
     grouped = world_size > 1 or one_rank_group
     if grouped and not dist.is_initialized():
-        timeout = datetime.timedelta(seconds=timeout_s)
-        kwargs = dict(backend="nccl", device_id=device) if device.type == "cuda" else dict(backend="gloo")
+        nccl = device.type == "cuda"
+        if nccl:
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
+        timeout = datetime.timedelta(seconds=timeout_s + (nccl_margin_s if nccl else 0.0))
+        kwargs = dict(backend="nccl", device_id=device) if nccl else dict(backend="gloo")
         if world_size == 1 and "MASTER_ADDR" not in os.environ:  # plain python: an in-process store, no ports
             store = dict(store=dist.HashStore(), rank=0, world_size=1)
         else:

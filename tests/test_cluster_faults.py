@@ -1,11 +1,12 @@
 """What a run does when the machines under it misbehave (issue 27), and the files it leaves: strict JSON in
 every outcome, expected errors as messages (the traceback in log.txt only), a full disk while writing, a
-scheduler's preemption notice, NCCL's dead-peer settings. The elastic restart (torchrun --max-restarts) is
-tests/test_distributed.py's test_elastic_restart_resumes_from_the_last_checkpoint."""
+scheduler's preemption notice, a dead or hung peer (the watchdog). The elastic restart (torchrun --max-restarts)
+is tests/test_distributed.py's test_kill_a_rank_and_restart_loses_nothing."""
 
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -242,3 +243,86 @@ def test_sigusr1_to_one_rank_checkpoints_every_rank_and_changes_nothing(tmp_path
     names = sorted(p.name for p in (tmp_path / "signalled" / "checkpoints").glob("*.pt"))
     assert "step_000006.pt" in names and "step_000005.pt" not in names
     assert_same_weights(final_weights(tmp_path / "signalled"), final_weights(tmp_path / "straight"), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 3: a dead or hung peer. torchrun answers a dead worker with SIGTERM to the others (SIGKILL 30 s later);
+# a rank blocked in a collective never runs Python's signal handler. On gloo the dead peer's closed connection
+# raises at once (the first test); a hung peer does not (the second: what NCCL does with a dead one).
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_in_seconds_with_a_failed_summary(tmp_path):
+    from tests.test_distributed import torchrun
+
+    t0 = time.monotonic()
+    out = torchrun(2, ["--log.every=2", "--checkpoint.every=4"], tmp_path, "dead",
+                   env={"NANOGPT_FAULT_KILL_AT": "1:7"}, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert out.returncode != 0 and elapsed < 60
+    summary = strict_json.loads((tmp_path / "dead" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] in (7, 8)
+    assert (tmp_path / "dead" / "checkpoints" / "step_000004.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_rank_blocked_on_a_hung_peer_ends_it_within_the_grace_with_a_summary(tmp_path):
+    """Rank 1 hangs after step 5 (as a rank stuck in a kernel, or one whose NCCL peer died); rank 0 is told
+    SIGTERM after step 5 (as torchrun tells it when a peer dies) and blocks in step 6's reduction. Before the
+    watchdog it stayed blocked until the collective timeout (here 300 s; torchrun's SIGKILL comes after 30 s,
+    so a real run left no summary); now, 3 s (stop_grace_s) later: summary failed with the reason, exit 4, and
+    rank 1, told SIGTERM by torchrun, ends the same way."""
+    from tests.test_distributed import torchrun
+
+    t0 = time.monotonic()
+    out = torchrun(2, ["--log.every=2", "--distributed.timeout_s=300", "--distributed.stop_grace_s=3"],
+                   tmp_path, "hung", env={"NANOGPT_FAULT_SIGNAL_AT": "1:5:HANG,0:5:TERM"}, timeout=200)
+    elapsed = time.monotonic() - t0
+    assert out.returncode != 0 and elapsed < 60, (elapsed, out.stderr[-2000:])
+    summary = strict_json.loads((tmp_path / "hung" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 5
+    assert "SIGTERM received and no step boundary within distributed.stop_grace_s = 3 s" in summary["error"]
+    assert "ending this process (exit 4)" in out.stderr
+    assert "SIGTERM received" in (tmp_path / "hung" / "log.txt").read_text()
+
+
+def test_the_watchdog_ends_a_stalled_process_and_spares_a_busy_one():
+    """The stall rule (NCCL's path, where no error reaches the loop) and busy(), in one process: no tick for
+    stall_s fires once with the reason; ticks keep it quiet; busy() holds it off."""
+    from training.watchdog import Watchdog
+
+    fired, exits = [], []
+    with Watchdog(0, stall_s=0.5, grace_s=10, on_fire=fired.append, poll_s=0.02, exit=exits.append) as dog:
+        for _ in range(40):  # 0.8 s of ticks every 20 ms: quiet
+            dog.tick()
+            time.sleep(0.02)
+        assert not fired
+        with dog.busy():
+            time.sleep(0.8)
+        assert not fired
+        time.sleep(1.0)
+    assert exits == [4] and len(fired) == 1 and fired[0].startswith("no progress for distributed.timeout_s = 0.5 s")
+
+
+def test_the_watchdog_hears_sigterm_while_the_main_thread_is_blocked():
+    """The grace rule: SIGTERM, then no tick for grace_s, fires even though the main thread never returns to
+    Python in between (blocked here in a lock's acquire, as in a collective)."""
+    import threading
+
+    from training.watchdog import Watchdog
+
+    fired, exits = [], []
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)
+    blocker = threading.Lock()
+    blocker.acquire()
+    try:
+        with Watchdog(0, stall_s=None, grace_s=0.3, on_fire=fired.append, poll_s=0.02,
+                      exit=lambda code: (exits.append(code), blocker.release())):
+            os.kill(os.getpid(), signal.SIGTERM)
+            t0 = time.monotonic()
+            assert blocker.acquire(timeout=10)  # released by the watchdog's exit
+            waited = time.monotonic() - t0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exits == [4] and 0.25 < waited < 5
+    assert fired[0].startswith("SIGTERM received and no step boundary within distributed.stop_grace_s = 0.3 s")

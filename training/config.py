@@ -73,6 +73,7 @@ class DistributedConfig:
     shard_optimizer: bool = True  # each rank orthogonalizes only the matrices it owns (Muon, Scion)
     bucket_mb: float = 25.0  # size of the all-reduce buckets of the other parameters
     timeout_s: float = 600.0  # a collective that waits longer fails with an error instead of hanging
+    stop_grace_s: float = 20.0  # after SIGTERM/SIGINT, no step boundary for this long ends the process (failed)
     one_rank_group: bool = False  # one process: make a group of one and run every distributed path (the GPU check)
 
 
@@ -120,6 +121,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     _check(cfg.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")
     _check(cfg.distributed.bucket_mb > 0, f"distributed.bucket_mb must be positive, got {cfg.distributed.bucket_mb}")
     _check(cfg.distributed.timeout_s > 0, f"distributed.timeout_s must be positive, got {cfg.distributed.timeout_s}")
+    _check(cfg.distributed.stop_grace_s > 0,
+           f"distributed.stop_grace_s must be positive, got {cfg.distributed.stop_grace_s}")
     _check(not cfg.data.synthetic or cfg.model.vocab_size <= 65536,
            "data.synthetic needs model.vocab_size <= 65536 (uint16 shards)")
 

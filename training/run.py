@@ -4,7 +4,9 @@ what the run says about itself the Reporter's (training/report.py).
     setup()   decide what the run continues from and check it, check the data, build the trainer; only
               then open the run directory (nothing is written before everything checked out)
     fit()     the loop: a step, then at their intervals a log line with a metrics row, a validation,
-              a checkpoint; a stop request (Ctrl-C, SIGTERM) checkpoints and ends the run
+              a checkpoint; a stop request (Ctrl-C, SIGTERM) checkpoints and ends the run; SIGUSR1
+              checkpoints and goes on (training/signals.py); with several processes, a watchdog ends a rank
+              blocked on a dead peer with a summary (training/watchdog.py)
     finish()  summary.json and the last log line
 
 Every run ends with one status: completed, interrupted (Ctrl-C / SIGTERM), diverged (a non-finite loss or
@@ -36,6 +38,7 @@ from training.run_dir import RunOutputs
 from training.schedule import eval_due
 from training.signals import StopFlag, inject_fault
 from training.trainer import Trainer
+from training.watchdog import NoWatchdog, Watchdog
 
 
 class Run:
@@ -49,6 +52,7 @@ class Run:
         self.data: RunData | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)  # train losses since the last log
         self.loss_count = 0
+        self.watchdog = NoWatchdog()
 
     # ------------------------------------------------------------------------------------------
     # set up
@@ -130,7 +134,7 @@ class Run:
         steps, trainer = self.cfg.schedule.steps, self.trainer
         status, error = "completed", None
         try:
-            with StopFlag() as stop:
+            with StopFlag() as stop, self._watchdog():
                 if trainer.step_count == 0 and eval_due(self.cfg, 0):
                     self.log_row(0, train_loss=None)
                 if trainer.step_count >= steps:  # resumed from the final checkpoint of a run that stopped before its summary
@@ -156,13 +160,26 @@ class Run:
             self.report.log(traceback.format_exc().rstrip(), echo=False)
             raise
         finally:
+            self.watchdog = NoWatchdog()
             summary = self.finish(status, error)
         return summary
+
+    def _watchdog(self):
+        """With several processes: end this one, with a summary that says failed, when it is blocked on a peer
+        that died or hangs (training/watchdog.py); the stall rule on NCCL only (gloo raises its own timeout)."""
+        d = self.cfg.distributed
+        if self.info.world_size < 2:
+            return self.watchdog
+        stall = d.timeout_s if self.info.device.type == "cuda" else None
+        self.watchdog = Watchdog(self.info.rank, stall, d.stop_grace_s,
+                                 on_fire=lambda reason: self.finish("failed", reason))
+        return self.watchdog
 
     def train_step(self, stop: StopFlag) -> bool:
         """One step with its bookkeeping (meter, divergence guard, log line, validation, checkpoint);
         True when the run must stop here (a stop was requested)."""
         cfg, steps, trainer = self.cfg, self.cfg.schedule.steps, self.trainer
+        self.watchdog.tick()
         t0 = time.perf_counter()
         loss = trainer.step(trainer.step_count)
         trainer.step_count = step = trainer.step_count + 1
@@ -201,7 +218,7 @@ class Run:
         """Validation when due, then a metrics row and a log line (and wandb)."""
         row = {} if train_loss is None else {"train_loss": train_loss}
         if eval_due(self.cfg, step):
-            val_loss, accuracy = self.trainer.validate(step)
+            val_loss, accuracy = self.trainer.validate(step, progress=self.watchdog.tick)
             if not math.isfinite(val_loss):
                 raise Diverged(f"non-finite validation loss ({val_loss}) at step {step}")
             self.report.validated(step, val_loss, accuracy)
@@ -241,7 +258,8 @@ class Run:
         state = self.state_dict()
         path = None
         if self.info.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, step, state, self.cfg.checkpoint.keep)
+            with self.watchdog.busy():
+                path = ckpt.save_checkpoint(self.run_dir, step, state, self.cfg.checkpoint.keep)
             self.report.log(f"checkpoint: {path}")
         self.trainer.drop_foreign_state()
         return path

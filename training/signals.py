@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 
 SIGUSR1 = getattr(signal, "SIGUSR1", None)  # absent on Windows
 
@@ -55,15 +56,18 @@ class StopFlag:
 
 def inject_fault(step: int, rank: int) -> None:
     """Fault injection for tests: NANOGPT_FAULT_KILL_AT=RANK:STEP makes that rank SIGKILL itself after that
-    step, in the first attempt of a torchrun job only; NANOGPT_FAULT_SIGNAL_AT=RANK:STEP:NAME (e.g. 1:5:USR1)
-    makes that rank send itself that signal after that step (as a scheduler would, to one process)."""
+    step, in the first attempt of a torchrun job only; NANOGPT_FAULT_SIGNAL_AT=RANK:STEP:NAME[,...] (e.g.
+    1:5:USR1) makes that rank send itself that signal after that step (as a scheduler would, to one process),
+    or with NAME = HANG sleep for an hour (a rank stuck in a kernel or a driver)."""
     spec = os.environ.get("NANOGPT_FAULT_KILL_AT")
     if spec and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         at_rank, at_step = map(int, spec.split(":"))
         if rank == at_rank and step == at_step:
             os.kill(os.getpid(), signal.SIGKILL)
-    spec = os.environ.get("NANOGPT_FAULT_SIGNAL_AT")
-    if spec:
+    for spec in filter(None, os.environ.get("NANOGPT_FAULT_SIGNAL_AT", "").split(",")):
         at_rank, at_step, name = spec.split(":")
         if rank == int(at_rank) and step == int(at_step):
-            os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
+            if name == "HANG":
+                time.sleep(3600)
+            else:
+                os.kill(os.getpid(), getattr(signal, f"SIG{name}"))

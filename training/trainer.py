@@ -245,9 +245,9 @@ class Trainer:
     # validate
 
     @torch.no_grad()
-    def validate(self, step: int) -> tuple[float, float]:
+    def validate(self, step: int, progress=lambda: None) -> tuple[float, float]:
         """Mean loss and top-1 accuracy over the first validation tokens (all of eval.tokens at the end, the
-        cheaper eval.interval_tokens before; the same tokens every time)."""
+        cheaper eval.interval_tokens before; the same tokens every time). progress(): called at each batch."""
         self.compiled_model.eval()
         window = self.window(step)
         total, n = torch.zeros(2, dtype=torch.float64, device=self.info.device), 0  # loss, top-1 accuracy
@@ -255,6 +255,7 @@ class Trainer:
             with autocast(self.cfg, self.info.device):
                 total += self.compiled_model(inputs, targets, window, accuracy=True)
             n += 1
+            progress()
         self.compiled_model.train()
         loss, accuracy = all_reduce_mean(total / n, self.info).tolist()
         return loss, accuracy
