@@ -96,6 +96,62 @@ def test_score_means_ranges_and_ratio():
     assert lower["muon"]["reached"] == 1 and lower["muon"]["mean"] is None
 
 
+def test_t_interval_and_welch_test_against_the_formulas():
+    """Written out from the textbook: mean +- t_{n-1, 0.975} s / sqrt(n); Welch's statistic with the
+    Welch-Satterthwaite degrees of freedom, two-sided."""
+    from scipy import stats
+
+    lo, hi = scoring.t_interval([10.0, 12.0, 14.0], 0.95)
+    half = 4.302652729911275 * 2.0 / math.sqrt(3)  # t_{2, 0.975}; sample std 2
+    assert (lo, hi) == (pytest.approx(12 - half), pytest.approx(12 + half))
+    assert scoring.t_interval([10.0], 0.95) is None
+    xs, ys = [50.0, 55.0, 61.0], [100.0, 120.0, 95.0]
+    vx, vy = np.var(xs, ddof=1) / 3, np.var(ys, ddof=1) / 3
+    t = (np.mean(xs) - np.mean(ys)) / math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx ** 2 / 2 + vy ** 2 / 2)
+    assert scoring.welch_p(xs, ys) == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert scoring.welch_p([5.0, 5.0], [5.0, 5.0]) is None and scoring.welch_p([1.0], [2.0, 3.0]) is None
+
+
+def test_the_headline_names_only_significant_differences():
+    """Muon's seeds are far below AdamW's (p < 0.05): ratio in the headline; Scion's overlap AdamW's: 'not
+    significantly different'; one Signum seed never reaches: no test."""
+    spec = small_spec(optimizers=("muon", "scion", "adamw", "signum"), budgets=(50, 100, 200), seeds=(0, 1, 2))
+    ladder = {  # the target 1.7: muon near 60 steps, scion ~ adamw near 150 with a wide spread
+        "muon": {50: {0: 1.75, 1: 1.76, 2: 1.74}, 100: {0: 1.6, 1: 1.6, 2: 1.6}, 200: {0: 1.5, 1: 1.5, 2: 1.5}},
+        "scion": {50: {0: 2.0, 1: 2.0, 2: 2.0}, 100: {0: 1.72, 1: 1.9, 2: 1.68}, 200: {0: 1.6, 1: 1.6, 2: 1.6}},
+        "adamw": {50: {0: 2.0, 1: 2.0, 2: 2.0}, 100: {0: 1.8, 1: 1.75, 2: 1.85}, 200: {0: 1.6, 1: 1.65, 2: 1.6}},
+        "signum": {50: {0: 2.0, 1: 2.0, 2: 2.0}, 100: {0: 1.9, 1: 1.9, 2: 1.9}, 200: {0: 1.6, 1: 1.8, 2: 1.6}},
+    }
+    scores = scoring.score(spec, ladder, 1.7)
+    assert scores["muon"]["significant"] and scores["muon"]["p"] < 0.05
+    assert not scores["scion"]["significant"] and scores["scion"]["p"] > 0.05
+    assert scores["signum"]["p"] is None and scores["adamw"]["p"] is None  # censored; the reference itself
+    line = scoring.headline(spec, scores, 1.7)
+    assert f"muon {scores['muon']['mean']:.0f} ({scores['muon']['ratio']:.2f}x adamw, p " in line
+    assert "scion" in line and "(not significantly different from adamw, p " in line and "signum > 200" in line
+    lo, hi = scores["muon"]["ci"]
+    assert lo < scores["muon"]["mean"] < hi and scores["signum"]["ci"] is None
+    rows = "\n".join(scoring.steps_rows(spec, {o: {"best": 0.01, "edge": False, "losses": {0.01: 1.0, 0.02: 1.1}}
+                                              for o in ladder}, scores))
+    assert "95% interval" in rows and "p vs adamw" in rows and "| (reference) |" in rows and " * |" in rows
+
+
+@pytest.mark.parametrize("per_lr, flagged", [
+    ({1: [2.0], 2: [1.8], 4: [1.7], 8: [1.9]}, None),  # falls to the best, rises past it
+    ({1: [2.0], 2: [1.6], 4: [1.7], 8: [1.5], 16: [1.9]}, "rises toward"),  # one seed: any reversal
+    ({1: [2.0], 2: [1.7], 4: [1.8], 8: [math.inf]}, None),  # a diverged lr past the best is the worst: fine
+    ({1: [2.0], 2: [1.8], 4: [1.7], 8: [math.inf], 16: [1.9]}, "falls away from"),
+    # two seeds whose spread (0.14) dwarfs the reversal (0.02): within noise
+    ({1: [2.0, 2.2], 2: [1.8, 1.6], 4: [1.62, 1.82], 8: [1.6, 1.8], 16: [2.0, 2.2]}, None),
+    # the same reversal with seeds that agree to 0.002: beyond noise
+    ({1: [2.0, 2.0], 2: [1.70, 1.702], 4: [1.72, 1.722], 8: [1.6, 1.602], 16: [2.0, 2.0]}, "rises toward"),
+])
+def test_a_non_monotone_search_is_flagged_beyond_its_noise(per_lr, flagged):
+    got = scoring.non_monotone(per_lr)
+    assert (got is None) if flagged is None else (flagged in got)
+
+
 # ----------------------------------------------------------------------------------------------
 # Specs
 
@@ -292,6 +348,38 @@ def test_changed_recipe_is_refused(fake, capsys):
     code = main(["--spec", str(root.parent.parent / "bench.toml"), "--out", str(root.parent),
                  "--train-script", str(root.parent.parent / "fake_train.py"), "--gpus", "none"])
     assert code == 2 and "different" in capsys.readouterr().err
+
+
+def test_given_lrs_and_search_seeds(fake, tmp_path):
+    """grid = [0] without refinement: the lr is given, not searched (no EDGE, no warning); search.seeds = [0, 1]
+    scores each lr by the mean of both seeds' final losses, and the ladder reuses both search runs."""
+    run, root = fake
+    spec = tmp_path / "bench.toml"
+    given = FAKE_SPEC.replace("grid = [-1, 0, 1]", "grid = [0]\n    refine = false")
+    spec.write_text(textwrap.dedent(given.format(optimizers=json.dumps(["adamw"]))))
+    calls = tmp_path / "calls.txt"
+    assert benchmark.main(["--spec", str(spec), "--out", str(tmp_path / "sweeps"), "--train-script",
+                           str(tmp_path / "fake_train.py"), "--gpus", "none"]) == 0
+    table = (root / "table.md").read_text()
+    assert "0.0018 (given)" in table and "EDGE" not in table.split("## Steps to target")[1].split("Per seed")[0]
+    assert "WARNING" not in table and not json.loads((root / "benchmark.json").read_text())["search"]["adamw"]["edge"]
+
+    seeds = given.replace("name = \"fake\"", "name = \"fake2\"").replace("[search]", "[search]\n    seeds = [0, 1]")
+    spec.write_text(textwrap.dedent(seeds.format(optimizers=json.dumps(["adamw"]))))
+    bench = benchmark_spec.load_benchmark(spec)
+    assert bench.search_seeds == (0, 1) and benchmark_spec.protocol_size(bench)["runs"] == 2 + 6 - 2
+    before = len(calls.read_text().splitlines())
+    assert benchmark.main(["--spec", str(spec), "--out", str(tmp_path / "sweeps"), "--train-script",
+                           str(tmp_path / "fake_train.py"), "--gpus", "none"]) == 0
+    assert len(calls.read_text().splitlines()) - before == 6
+    data = json.loads((root.parent / "fake2" / "benchmark.json").read_text())
+    mean = (fake_loss("adamw", 0.0018, 200, 0) + fake_loss("adamw", 0.0018, 200, 1)) / 2
+    assert data["search"]["adamw"]["losses"][repr(0.0018)] == pytest.approx(mean)
+    assert "mean final validation loss over the search seeds" in (root.parent / "fake2" / "table.md").read_text()
+    with pytest.raises(SpecError, match="not both"):
+        spec.write_text(textwrap.dedent(seeds.replace("[search]", "[search]\n    seed = 0")
+                                        .format(optimizers=json.dumps(["adamw"]))))
+        benchmark_spec.load_benchmark(spec)
 
 
 def test_dry_run_runs_nothing(fake, capsys):

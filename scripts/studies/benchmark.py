@@ -12,13 +12,16 @@ The protocol (a spec, configs/benchmarks/*.toml, sets every number; cpu_shakespe
 every key):
 
 1. Search. For each optimizer: optim.lr = default x 2^k for each k of search.grid, at the largest
-   budget, one seed (search.seed). The default, the grid's centre, is the spec's [default_lr] entry,
+   budget, on each seed of search.seeds (default: the first seed), each lr scored by the mean of its seeds'
+   final validation losses. The default, the grid's centre, is the spec's [default_lr] entry,
    else the base config's optim.lr if the base config trains that optimizer, else the optimizer's
    own (optimizers/registry.py: OPTIMIZERS[name].lr).
 2. Refine once (search.refine): the best lr x 2^(-1/2) and x 2^(+1/2), the midpoints in log space.
    The best lr is the one with the lowest final validation loss; a diverged or failed run counts as
    the worst. If the best is the smallest or largest lr tried, the table says EDGE: widen search.grid
-   (runs that finished are kept).
+   (runs that finished are kept). If the losses do not fall toward the best lr and rise past it by more
+   than their noise across seeds (one seed: any reversal), the table says NON-MONOTONE: the best lr may
+   be noise. With one lr (search.grid = [0], refine = false) the lr is given, not searched.
 3. Ladder. The best lr at every budget (schedule.steps = budget: each run is a whole schedule of its
    own, its cooldown and warm-up fractions scaled with it, as track 3 scores whole schedules), every seed.
 4. Target (spec key `target`): a loss, or "OPT@largest": the mean over seeds of OPT's final validation
@@ -28,8 +31,9 @@ every key):
    is interpolated linearly in the final loss between that budget and the one below it (whose loss is
    above the target). Reached at the smallest budget: that budget, an upper bound (shown "<= N").
    Not reached at the largest budget: "> N", never a number. Per optimizer: the mean over seeds, the
-   range (min-max), and the ratio of its mean to the reference optimizer's (spec key `reference`,
-   default adamw). If a seed does not reach the target there is no mean: "> N (k of n seeds reach it)".
+   range (min-max), a Student t interval of the mean, the ratio of its mean to the reference optimizer's
+   (spec key `reference`, default adamw) and Welch's t-test of its seeds' steps against the reference's;
+   the headline gives a ratio only where p < alpha (spec key, default 0.05). If a seed does not reach the target there is no mean: "> N (k of n seeds reach it)".
 
 The runs go through the sweep machinery (scripts/sweeps/): each phase is a sweep over one folder,
 <out>/<name>/ (default sweeps/<name>/), with the axes optim.name, schedule.steps, optim.lr and seed, so
@@ -59,6 +63,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -93,7 +98,16 @@ from scripts.studies.runner import (
     parse_gpus,
     runs_to_do,
 )
-from scripts.studies.scores import headline, ladder_rows, lr_text, resolve_target, score, search_rows, steps_rows
+from scripts.studies.scores import (
+    headline,
+    ladder_rows,
+    lr_text,
+    non_monotone,
+    resolve_target,
+    score,
+    search_rows,
+    steps_rows,
+)
 from scripts.studies.spec import SpecError, SweepSpec, plan_runs
 
 
@@ -140,31 +154,47 @@ def row_loss(row: dict) -> float:
     return loss if row["status"] == "completed" and loss is not None and math.isfinite(loss) else math.inf
 
 
+def lr_losses(rows: list[dict], opt: str) -> dict:
+    """{lr: [final loss of each finished or failed search seed]} of one optimizer's search rows."""
+    per_lr = {}
+    for r in rows:
+        if r["optim.name"] == opt and r["status"] != "pending":
+            per_lr.setdefault(r["optim.lr"], []).append(row_loss(r))
+    return per_lr
+
+
 def search(ctx: Context) -> tuple[dict, list[dict]]:
-    """Phases 1 and 2: {optimizer: {"default", "losses" {lr: loss}, "best", "edge", "complete"}} and the rows."""
+    """Phases 1 and 2: {optimizer: {"default", "losses" {lr: mean loss over the search seeds}, "best", "edge",
+    "non_monotone", "complete"}} and the rows."""
     bench = ctx.bench
     coarse = {o: coarse_lrs(bench, o) for o in bench.optimizers}
-    rows = run_phase(ctx, phase_spec(bench, coarse, (bench.largest,), (bench.search_seed,)), "search")
+    rows = run_phase(ctx, phase_spec(bench, coarse, (bench.largest,), bench.search_seeds), "search")
+
+    def mean_losses(opt):
+        per_lr = lr_losses(rows, opt)
+        return per_lr, {lr: statistics.fmean(xs) for lr, xs in sorted(per_lr.items())}
+
     refined = {}
     for opt in bench.optimizers:
-        mine = [r for r in rows if r["optim.name"] == opt]
-        losses = {r["optim.lr"]: row_loss(r) for r in mine}
-        best = min(losses, key=losses.get)
-        if bench.refine and math.isfinite(losses[best]) and all(r["status"] != "pending" for r in mine):
+        losses = mean_losses(opt)[1]
+        pending = any(r["status"] == "pending" for r in rows if r["optim.name"] == opt)
+        best = min(losses, key=losses.get) if losses else None
+        if bench.refine and best is not None and math.isfinite(losses[best]) and not pending:
             refined[opt] = refine_lrs(best)
     if refined:
-        rows += run_phase(ctx, phase_spec(bench, refined, (bench.largest,), (bench.search_seed,)), "refine")
+        rows += run_phase(ctx, phase_spec(bench, refined, (bench.largest,), bench.search_seeds), "refine")
     if len(refined) < len(bench.optimizers) and bench.refine and ctx.dry_run:
         ctx.say("refine: planned for each optimizer once its search has finished")
     result = {}
     for opt in bench.optimizers:
-        mine = [r for r in rows if r["optim.name"] == opt]
-        losses = dict(sorted((r["optim.lr"], row_loss(r)) for r in mine))
+        per_lr, losses = mean_losses(opt)
+        losses = losses or {lr: math.inf for lr in coarse[opt]}
         best = min(losses, key=losses.get)
         finite = math.isfinite(losses[best])
         result[opt] = {"default": default_lr(bench, opt), "losses": losses, "best": best if finite else None,
-                       "edge": finite and best in (min(losses), max(losses)),
-                       "complete": all(r["status"] != "pending" for r in mine)}
+                       "edge": finite and len(losses) > 1 and best in (min(losses), max(losses)),
+                       "non_monotone": non_monotone(per_lr) if finite else None,
+                       "complete": all(r["status"] != "pending" for r in rows if r["optim.name"] == opt)}
     return result, rows
 
 
@@ -192,6 +222,8 @@ def render_table(ctx: Context, searched: dict, losses: dict, scores: dict, targe
                 "side.**" for opt, s in searched.items() if s["edge"]]
     warnings += [f"**WARNING: {opt}: every lr of the search diverged or failed.**"
                  for opt, s in searched.items() if s["best"] is None and s["complete"]]
+    warnings += [f"**WARNING: {opt}'s search is not monotone: {s['non_monotone']}; its best lr may be noise "
+                 "(more search.seeds).**" for opt, s in searched.items() if s.get("non_monotone")]
     return "\n".join([
         f"# Benchmark {bench.name}: steps to the target validation loss", "",
         f"Base config `{bench.base}` with the overrides of `spec.toml`; budgets "
@@ -201,9 +233,13 @@ def render_table(ctx: Context, searched: dict, losses: dict, scores: dict, targe
         "Per seed: the smallest budget whose final validation loss is <= the target, log(steps) interpolated "
         "linearly in the loss between it and the budget below it; '<= N': reached at the smallest budget; "
         "'> N': not reached at the largest. Mean and range (min-max) over the seeds; the last column is the "
-        f"ratio of the mean to {bench.reference}'s. EDGE: the best lr is the end of the search grid.", "",
+        f"ratio of the mean to {bench.reference}'s. Interval: Student t over the seeds' steps; p: Welch's "
+        f"two-sided t-test against {bench.reference}'s seeds (* below {bench.alpha:g}; scripts/studies/scores.py). "
+        "EDGE: the best lr is the end of the search grid; (given): one lr, not searched; NON-MONOTONE: the "
+        "search's losses reverse beyond their noise.", "",
         "## Final validation loss at the best lr (mean ± sample std over seeds)", "", *ladder_rows(bench, losses), "",
-        f"## Learning-rate search ({bench.largest} steps, seed {bench.search_seed})", "",
+        f"## Learning-rate search ({bench.largest} steps, seed{'s' if len(bench.search_seeds) > 1 else ''} "
+        f"{', '.join(map(str, bench.search_seeds))})", "",
         f"Grid: default lr x 2^k, k = {grid}" + ("; then the best x 2^(+-1/2)." if bench.refine else "."), "",
         *search_rows(bench, searched), ""])
 
@@ -288,13 +324,17 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
         "name": bench.name, "base": bench.base, "budgets": list(bench.budgets), "seeds": list(bench.seeds),
         "target_spec": bench.target, "target": target, "target_text": target_text, "reference": bench.reference,
         "headline": headline(bench, scores, target) if scores else "no score yet",
+        "alpha": bench.alpha, "search_seeds": list(bench.search_seeds),
         "search": {o: {"default": s["default"], "best": s["best"], "edge": s["edge"],
+                       "non_monotone": s["non_monotone"],
                        "losses": {repr(lr): _finite_or_none(x) for lr, x in s["losses"].items()}}
                    for o, s in searched.items()},
         "ladder": {o: {str(b): {str(seed): _finite_or_none(x) for seed, x in by.items()} for b, by in bb.items()}
                    for o, bb in losses.items()},
         "scores": {o: {"per_seed": {str(seed): {"steps": r.steps, "how": r.how} for seed, r in s["reaches"].items()},
-                       **{k: s[k] for k in ("mean", "min", "max", "ratio", "reached")}} for o, s in scores.items()},
+                       "ci": list(s["ci"]) if s["ci"] else None,
+                       **{k: s[k] for k in ("mean", "min", "max", "ratio", "reached", "p", "significant")}}
+                   for o, s in scores.items()},
         "invocations": invocations,
     }
     atomic_write_json(root / "benchmark.json", data)
@@ -364,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(plan_summary(ctx, search_rows_ + ladder_rows_))
         return 0
-    shutil.copy2(args.spec, ctx.sweep.root / "spec.toml")
+    if args.spec.resolve() != (ctx.sweep.root / "spec.toml").resolve():  # re-scoring a kept folder: its own spec
+        shutil.copy2(args.spec, ctx.sweep.root / "spec.toml")
     data = report(ctx, searched, losses, search_rows_ + ladder_rows_, time.time() - start)
     print((ctx.sweep.root / "table.md").read_text())
     print(f"benchmark: {ctx.sweep.root} ({data['headline']})")

@@ -14,10 +14,10 @@ from scripts.studies.spec import Axis, PlotSpec, SpecError, SweepSpec, check_spe
 from training.config import load_config, validate
 
 SPEC_KEYS = ("name", "base", "optimizers", "budgets", "seeds", "target", "reference", "search", "default_lr",
-             "overrides", "extra", "slots", "gpus_per_run", "retries", "track")
+             "overrides", "extra", "slots", "gpus_per_run", "retries", "track", "alpha")
 
 
-SEARCH_KEYS = ("grid", "refine", "seed")
+SEARCH_KEYS = ("grid", "refine", "seed", "seeds")
 
 
 TARGET = re.compile(r"^(?P<opt>[A-Za-z0-9_]+)@(?P<budget>largest|\d+)(:(?P<how>mean|max))?$")
@@ -37,7 +37,7 @@ class BenchmarkSpec:
     reference: str = "adamw"  # ratios are to this optimizer's mean steps (none if it is not benchmarked)
     grid: tuple[float, ...] = (-2, -1, 0, 1, 2)  # coarse search: default lr x 2^k
     refine: bool = True  # then best x 2^(+-1/2)
-    search_seed: int = 0
+    search_seeds: tuple[int, ...] = (0,)  # each lr of the search is scored by its mean final loss over these
     default_lr: dict = field(default_factory=dict)  # optimizer -> the grid's centre
     overrides: dict = field(default_factory=dict)  # dotted key -> value, for every run
     extra: dict = field(default_factory=dict)  # optimizer -> {dotted key: value} for its runs only
@@ -45,6 +45,15 @@ class BenchmarkSpec:
     gpus_per_run: int = 1
     retries: int = 1
     track: str = ""  # records/<track>/ for --record
+    alpha: float = 0.05  # significance level of the tests against the reference; intervals at 1 - alpha
+
+    @property
+    def level(self) -> float:
+        return 1.0 - self.alpha
+
+    @property
+    def search_seed(self) -> int:
+        return self.search_seeds[0]
 
     @property
     def base_path(self) -> Path:
@@ -67,15 +76,18 @@ def load_benchmark(path: str | Path) -> BenchmarkSpec:
     if unknown:
         raise SpecError(f"search: unknown key(s) {', '.join(unknown)} (valid: {', '.join(SEARCH_KEYS)})")
     seeds = tuple(_ints(raw["seeds"], "seeds"))
+    if "seed" in search and "seeds" in search:
+        raise SpecError("search: give `seeds` (a list) or `seed` (one), not both")
+    search_seeds = tuple(_ints(search.get("seeds", [search.get("seed", seeds[0])]), "search.seeds"))
     bench = BenchmarkSpec(
         name=str(raw.get("name", path.stem)), base=str(raw["base"]), optimizers=tuple(raw["optimizers"]),
         budgets=tuple(sorted(_ints(raw["budgets"], "budgets"))), seeds=seeds, target=raw["target"],
         reference=str(raw.get("reference", "adamw")), grid=tuple(search.get("grid", BenchmarkSpec.grid)),
-        refine=bool(search.get("refine", True)), search_seed=int(search.get("seed", seeds[0] if seeds else 0)),
+        refine=bool(search.get("refine", True)), search_seeds=search_seeds,
         default_lr=dict(raw.get("default_lr", {})), overrides=flatten(raw.get("overrides", {})),
         extra={k: flatten(v) for k, v in raw.get("extra", {}).items()}, slots=int(raw.get("slots", 1)),
         gpus_per_run=int(raw.get("gpus_per_run", 1)), retries=int(raw.get("retries", 1)),
-        track=str(raw.get("track", "")),
+        track=str(raw.get("track", "")), alpha=raw.get("alpha", 0.05),
     )
     check_benchmark(bench, explicit_reference="reference" in raw)
     return bench
@@ -83,7 +95,7 @@ def load_benchmark(path: str | Path) -> BenchmarkSpec:
 
 def _ints(values, key: str) -> list[int]:
     """A non-empty list of distinct whole numbers: positive (budgets) or non-negative (seeds)."""
-    lowest = 0 if key == "seeds" else 1
+    lowest = 0 if key.endswith("seeds") else 1
     if not isinstance(values, list) or not values or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= lowest for v in values):
         raise SpecError(f"{key} = {values!r}: expected a non-empty list of whole numbers >= {lowest}")
@@ -112,6 +124,8 @@ def check_benchmark(bench: BenchmarkSpec, explicit_reference: bool = True) -> No
     if bench.slots < 1 or bench.gpus_per_run < 1 or bench.retries < 0:
         raise SpecError(f"slots ({bench.slots}) and gpus_per_run ({bench.gpus_per_run}) must be >= 1, "
                         f"retries ({bench.retries}) >= 0")
+    if isinstance(bench.alpha, bool) or not isinstance(bench.alpha, (int, float)) or not 0 < bench.alpha < 1:
+        raise SpecError(f"alpha = {bench.alpha!r}: a significance level between 0 and 1 (e.g. 0.05)")
     parse_target(bench)
 
 
@@ -173,12 +187,12 @@ def check_configs(bench: BenchmarkSpec, world_size: int = 1) -> None:
 
 
 def protocol_size(bench: BenchmarkSpec) -> dict:
-    """Runs and training steps of the whole protocol: the search (grid, then refine) at the largest budget, and
-    each optimizer's ladder (every budget x seed; its run at the largest budget with the search seed is a
-    search run already)."""
+    """Runs and training steps of the whole protocol: the search (grid, then refine; every search seed) at the
+    largest budget, and each optimizer's ladder (every budget x seed; its runs at the largest budget with a
+    search seed are search runs already)."""
     n = len(bench.optimizers)
-    search = n * (len(bench.grid) + (2 if bench.refine else 0))
+    search = n * (len(bench.grid) + (2 if bench.refine else 0)) * len(bench.search_seeds)
     ladder = n * len(bench.budgets) * len(bench.seeds)
-    shared = n if bench.search_seed in bench.seeds else 0
+    shared = n * len(set(bench.search_seeds) & set(bench.seeds))
     steps = (search - shared) * bench.largest + n * len(bench.seeds) * sum(bench.budgets)
     return {"runs": search + ladder - shared, "steps": steps}

@@ -1,12 +1,22 @@
 """Scores of a benchmark: when each seed's ladder of budgets reaches the target (steps to target), the
 target itself when it names a rung of an optimizer's ladder, each optimizer's mean and range and its ratio
-to the reference, and the table's rows. The protocol: scripts/studies/benchmark.py."""
+to the reference with a confidence interval and a test, and the table's rows. The protocol:
+scripts/studies/benchmark.py.
+
+Intervals and tests are over seeds, on the per-seed steps to target: a Student t interval for the mean
+(mean +- t_{n-1} s / sqrt(n)), and Welch's two-sided t-test of each optimizer's steps against the
+reference's. Not a bootstrap: with 3 seeds a bootstrap's percentile interval never leaves the observed
+min-max and so understates the spread; the t interval is wide for 3 seeds, as it should be. A seed that
+reaches the target at the smallest budget counts as that budget (an upper bound); an optimizer with a seed
+that never reaches it has no interval and no test."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
+
+from scipy import stats
 
 from scripts.studies.benchmark_spec import BenchmarkSpec, parse_target
 from scripts.studies.spec import SpecError
@@ -60,8 +70,28 @@ def resolve_target(bench: BenchmarkSpec, ladder: dict) -> tuple[float, str]:
     return value, f"{value:.4f} = {bench.target} ({which} of {opt}'s {len(losses)} seeds at {budget} steps)"
 
 
+def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student t interval for the mean of xs (None for fewer than 2 values)."""
+    if len(xs) < 2:
+        return None
+    half = stats.t.ppf(0.5 + level / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    mean = statistics.fmean(xs)
+    return mean - half, mean + half
+
+
+def welch_p(xs: list[float], ys: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test that xs and ys have the same mean (None: fewer than 2 values in one,
+    or no spread in either: nothing to test against)."""
+    if len(xs) < 2 or len(ys) < 2:
+        return None
+    if statistics.pstdev(xs) == 0 and statistics.pstdev(ys) == 0:
+        return None
+    return float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
+
+
 def score(bench: BenchmarkSpec, ladder: dict, target: float) -> dict:
-    """Per optimizer: each seed's Reach, and the mean, min and max steps when every seed reaches."""
+    """Per optimizer: each seed's Reach; when every seed reaches, the mean, min and max steps, the t interval
+    of the mean ("ci") and Welch's p-value against the reference ("p"; None for the reference itself)."""
     scores = {}
     for opt, by_budget in ladder.items():
         reaches = {s: steps_to_target({b: by_budget.get(b, {}).get(s) for b in bench.budgets}, target)
@@ -70,11 +100,39 @@ def score(bench: BenchmarkSpec, ladder: dict, target: float) -> dict:
         done = all(x is not None for x in steps)
         scores[opt] = {"reaches": reaches, "mean": statistics.fmean(steps) if done else None,
                        "min": min(steps) if done else None, "max": max(steps) if done else None,
-                       "reached": sum(x is not None for x in steps)}
-    ref = scores.get(bench.reference, {}).get("mean")
-    for s in scores.values():
-        s["ratio"] = s["mean"] / ref if s["mean"] is not None and ref else None
+                       "reached": sum(x is not None for x in steps), "steps": steps if done else None,
+                       "ci": t_interval(steps, bench.level) if done else None}
+    ref = scores.get(bench.reference, {})
+    for opt, s in scores.items():
+        s["ratio"] = s["mean"] / ref["mean"] if s["mean"] is not None and ref.get("mean") else None
+        mine = opt != bench.reference and s["steps"] is not None and ref.get("steps") is not None
+        s["p"] = welch_p(s["steps"], ref["steps"]) if mine else None
+        s["significant"] = s["p"] is not None and s["p"] < 1 - bench.level
     return scores
+
+
+def non_monotone(per_lr: dict) -> str | None:
+    """per_lr = {lr: [final loss of each search seed]} (inf: diverged or failed). A search's mean losses should
+    fall toward the best lr and rise past it; say where they do not by more than their noise: two standard
+    errors of a difference of two means, the spread pooled over the lrs where every seed is finite (one seed:
+    the noise is unknown and any reversal is named)."""
+    lrs = sorted(per_lr)
+    means = [statistics.fmean(per_lr[lr]) if per_lr[lr] else math.inf for lr in lrs]
+    best = min(range(len(lrs)), key=means.__getitem__)
+    if not math.isfinite(means[best]) or len(lrs) < 3:
+        return None
+    k = min(len(v) for v in per_lr.values())
+    spreads = [statistics.variance(v) for v in per_lr.values() if len(v) >= 2 and all(map(math.isfinite, v))]
+    tol = 2 * math.sqrt(statistics.fmean(spreads) * 2 / k) if k >= 2 and spreads else 0.0
+    noise = f"beyond the noise {tol:.4f} ({k} seeds)" if tol else "(one seed: its noise unknown)"
+    for i in range(len(lrs) - 1):
+        toward_best = i < best
+        jump = (means[i + 1] - means[i]) if toward_best else (means[i] - means[i + 1])
+        if jump > tol:
+            side = "rises toward" if toward_best else "falls away from"
+            return (f"the loss {side} the best lr between {lr_text(lrs[i])} and {lr_text(lrs[i + 1])} "
+                    f"({loss_text(means[i])} -> {loss_text(means[i + 1])}) {noise}")
+    return None
 
 
 def lr_text(x: float) -> str:
@@ -85,16 +143,31 @@ def loss_text(x) -> str:
     return "n/a" if x is None else ("diverged" if not math.isfinite(x) else f"{x:.4f}")
 
 
+def lr_cell(searched: dict, opt: str) -> str:
+    """The best lr with its flags: EDGE (the end of the search grid), given (one lr, no search)."""
+    s = searched[opt]
+    if s["best"] is None:
+        return "none trained"
+    flags = [" EDGE"] if s["edge"] else []
+    flags += [" (given)"] if len(s["losses"]) == 1 else []
+    flags += [" NON-MONOTONE"] if s.get("non_monotone") else []
+    return lr_text(s["best"]) + "".join(flags)
+
+
+def p_text(p: float | None) -> str:
+    return "n/a" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
 def steps_rows(bench: BenchmarkSpec, searched: dict, scores: dict) -> list[str]:
-    """The main table: best lr, steps to target (mean, range, per seed), ratio to the reference."""
-    lines = [f"| optimizer | best lr | steps to target (mean over seeds) | range (min-max) | per seed "
-             f"| x {bench.reference} |", "| --- | ---: | ---: | ---: | --- | ---: |"]
+    """The main table: best lr, steps to target (mean, interval, range, per seed), ratio and p vs the reference."""
+    pct = f"{100 * bench.level:g}%"
+    lines = [f"| optimizer | best lr | steps to target (mean over seeds) | {pct} interval | range (min-max) | per seed "
+             f"| x {bench.reference} | p vs {bench.reference} |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for opt in bench.optimizers:
-        best = searched[opt]["best"]
-        lr = "none trained" if best is None else lr_text(best) + (" EDGE" if searched[opt]["edge"] else "")
+        lr = lr_cell(searched, opt)
         s = scores.get(opt)
         if s is None:
-            lines.append(f"| {opt} | {lr} | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {opt} | {lr} | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
         if s["mean"] is not None:
             mean, spread = f"{s['mean']:.0f}", f"{s['min']:.0f}-{s['max']:.0f}"
@@ -102,9 +175,11 @@ def steps_rows(bench: BenchmarkSpec, searched: dict, scores: dict) -> list[str]:
                 mean = f"<= {s['mean']:.0f}"
         else:
             mean, spread = f"> {bench.largest} ({s['reached']} of {len(bench.seeds)} seeds reach it)", "n/a"
+        ci = "n/a" if s["ci"] is None else f"{max(s['ci'][0], 0):.0f}-{s['ci'][1]:.0f}"
         seeds = ", ".join(r.text(bench.largest) for r in s["reaches"].values())
         ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}"
-        lines.append(f"| {opt} | {lr} | {mean} | {spread} | {seeds} | {ratio} |")
+        p = "(reference)" if opt == bench.reference else p_text(s["p"]) + (" *" if s["significant"] else "")
+        lines.append(f"| {opt} | {lr} | {mean} | {ci} | {spread} | {seeds} | {ratio} | {p} |")
     return lines
 
 
@@ -125,7 +200,9 @@ def ladder_rows(bench: BenchmarkSpec, losses: dict) -> list[str]:
 
 
 def search_rows(bench: BenchmarkSpec, searched: dict) -> list[str]:
-    lines = ["| optimizer | default lr | final validation loss per lr (best in bold) |", "| --- | ---: | --- |"]
+    what = "mean final validation loss over the search seeds" if len(bench.search_seeds) > 1 else \
+        "final validation loss"
+    lines = [f"| optimizer | default lr | {what} per lr (best in bold) |", "| --- | ---: | --- |"]
     for opt, s in searched.items():
         cells = [(f"**{lr_text(lr)}: {loss_text(x)}**" if lr == s["best"] else f"{lr_text(lr)}: {loss_text(x)}")
                  for lr, x in s["losses"].items()]
@@ -134,12 +211,17 @@ def search_rows(bench: BenchmarkSpec, searched: dict) -> list[str]:
 
 
 def headline(bench: BenchmarkSpec, scores: dict, target: float) -> str:
+    """One line: each optimizer's mean steps; a ratio to the reference only where the difference is significant
+    (Welch's t-test over seeds at 1 - level), else 'not significantly different'."""
     parts = []
     for opt, s in scores.items():
         if s["mean"] is None:
             parts.append(f"{opt} > {bench.largest}")
+        elif opt == bench.reference or s["ratio"] is None:
+            parts.append(f"{opt} {s['mean']:.0f}")
+        elif s["significant"]:
+            parts.append(f"{opt} {s['mean']:.0f} ({s['ratio']:.2f}x {bench.reference}, p {p_text(s['p'])})")
         else:
-            shown = s["ratio"] is not None and opt != bench.reference
-            ratio = f" ({s['ratio']:.2f}x {bench.reference})" if shown else ""
-            parts.append(f"{opt} {s['mean']:.0f}{ratio}")
+            parts.append(f"{opt} {s['mean']:.0f} (not significantly different from {bench.reference}, "
+                         f"p {p_text(s['p'])})")
     return f"steps to val loss {target:.4f} ({bench.target}): " + ", ".join(parts)
