@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from optimizers import adamw, muon, normuon, prodigy, scion, shampoo, signum
-from optimizers.spec import OptimizerSpec, role_lr
+from optimizers.spec import OptimizerSpec
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {spec.name: spec for spec in (
     muon.SPEC,
@@ -32,6 +32,6 @@ def build_optimizer(params_by_role: dict, optim, device: torch.device) -> torch.
     groups = []
     for name, role in optim.settings.roles().items():
         if params_by_role.get(name):
-            groups.append(dict(params=params_by_role[name], role=name, lr=role_lr(optim.lr, role),
+            groups.append(dict(params=params_by_role[name], role=name, lr=optim.role_lr(name),
                                weight_decay=role.weight_decay, norm=role.norm, scale=role.scale))
     return spec.build(groups, optim.settings, device)

@@ -32,7 +32,9 @@ def tables() -> str:
     """The run's keys, then one table per optimizer's [optim.<name>] settings (the roles as sub-tables)."""
     out = ["### The run", "", *table(key_rows(Config())), "", "### `[optim]`", "",
            *table([("optim.name", '"muon"', f"the optimizer: {', '.join(OPTIMIZERS)}"),
-                   ("optim.lr", "the optimizer's", "the main learning rate (roles without their own lr follow it)")])]
+                   ("optim.lr", "the optimizer's", "the main learning rate (roles without their own lr follow it)"),
+                   ("optim.lr_scale", "1.0", "every role's peak lr (its own or optim.lr) times this: one knob that "
+                                             "moves all learning rates together (the benchmark's search.roles = \"all\")")])]
     for name, spec in OPTIMIZERS.items():
         out += ["", f"#### `[optim.{name}]`: {spec.about}", "", *table(key_rows(spec.settings(), f"optim.{name}."))]
     return "\n".join(out) + "\n"

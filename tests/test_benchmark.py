@@ -229,7 +229,7 @@ def test_shipped_specs_plan_and_validate():
 FAKE_TRAIN = '''
 import json, math, os, sys
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-opt, lr = args["optim.name"].strip('"'), float(args["optim.lr"])
+opt, lr = args["optim.name"].strip('"'), float(args["optim.lr"]) * float(args.get("optim.lr_scale", 1))
 steps, seed = int(args["schedule.steps"]), int(args["seed"])
 run_dir = os.path.join(args["log.dir"], args["log.run_id"])
 os.makedirs(run_dir, exist_ok=True)
@@ -448,3 +448,83 @@ def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch):
     summary = json.loads((root / "runs/name-adamw_steps-2_lr-0.0018_seed-0/summary.json").read_text())
     assert summary["steps"] == 2 and summary["optimizer"] == "adamw" and summary["width"] == 32
     assert "## Steps to target" in (root / "table.md").read_text()
+
+
+def test_retarget_to_another_text_with_given_lrs(tmp_path):
+    """--data points every run at another folder of shards (its vocabulary and separator from documents.json);
+    --lrs-from trains a previous search's best lrs as given; both are refused with the reason when they cannot
+    work."""
+    vocab = tiny_text(tmp_path / "text")
+    bench = small_spec(overrides={"eval.tokens": 256, "data.synthetic": True})
+    searched = tmp_path / "benchmark.json"
+    searched.write_text(json.dumps({"search": {"muon": {"best": 0.03}, "adamw": {"best": 0.002}}}))
+    got = benchmark_spec.retarget(bench, tmp_path / "text", searched)
+    assert got.name == "t_text_given-lrs" and got.grid == (0,) and not got.refine
+    assert got.default_lr == {"muon": 0.03, "adamw": 0.002}
+    assert got.overrides["model.vocab_size"] == vocab and got.overrides["model.eot_token"] == 0
+    assert got.overrides["data.synthetic"] is False and got.overrides["eval.tokens"] == 256
+    assert got.overrides["data.train_files"] == str(tmp_path / "text" / "*_train_*.bin")
+    assert benchmark_spec.retarget(bench, name="mine").name == "mine"
+    with pytest.raises(SpecError, match="validation holds"):
+        benchmark_spec.retarget(small_spec(overrides={"eval.tokens": 10 ** 7}), tmp_path / "text")
+    with pytest.raises(SpecError, match="data.shakespeare --text FILE"):
+        benchmark_spec.retarget(bench, tmp_path / "nothing")
+    searched.write_text(json.dumps({"search": {"muon": {"best": 0.03}, "adamw": {"best": None}}}))
+    with pytest.raises(SpecError, match="no best lr for adamw"):
+        benchmark_spec.retarget(bench, lrs_from=searched)
+
+
+def test_the_stdlib_documentation_as_a_text(tmp_path):
+    """data/stdlib_docs.py: one document per module with docstrings (name first, docstrings in source order),
+    tests and modules without docstrings left out, readable as data/shakespeare.py's --text."""
+    from data import stdlib_docs
+
+    lib = tmp_path / "lib"
+    (lib / "pkg").mkdir(parents=True)
+    (lib / "test").mkdir()
+    (lib / "alpha.py").write_text('"""Alpha module."""\ndef f():\n    """Does f."""\n')
+    (lib / "pkg" / "__init__.py").write_text('class C:\n    """A class."""\n')
+    (lib / "bare.py").write_text("x = 1\n")
+    (lib / "test" / "test_alpha.py").write_text('"""A test."""\n')
+    texts = stdlib_docs.documents(lib)
+    assert texts[:2] == ["alpha\n\nAlpha module.\n\nDoes f.", "pkg\n\nA class."]
+    assert not any("A test." in t for t in texts) and not any(t.startswith("bare") for t in texts)
+    count = stdlib_docs.write_text(tmp_path / "docs.txt", lib)
+    docs = shakespeare.read_text_files([tmp_path / "docs.txt"])
+    assert len(docs) == count == len(texts) and docs[0].text == texts[0]
+
+
+def test_a_search_of_every_roles_lr_together(fake, tmp_path):
+    """search.roles = "all": the search varies optim.lr_scale (every role's lr, the main one and each role's own,
+    times 2^k) with optim.lr at its default; the best scale is found as the best lr is, and --lrs-from takes it
+    over as each optimizer's optim.lr_scale."""
+    run, root = fake
+    spec = tmp_path / "bench.toml"
+    spec.write_text(textwrap.dedent(FAKE_SPEC.replace("[search]", '[search]\n    roles = "all"')
+                                    .format(optimizers=json.dumps(["muon", "adamw"]))))
+    assert benchmark.main(["--spec", str(spec), "--out", str(tmp_path / "sweeps"), "--train-script",
+                           str(tmp_path / "fake_train.py"), "--gpus", "none"]) == 0
+    data = json.loads((root / "benchmark.json").read_text())
+    assert data["search_key"] == "optim.lr_scale"
+    assert data["search"]["muon"]["best"] == pytest.approx(2 ** 0.5)  # 0.05 x sqrt(2): the fake's best for muon
+    assert data["search"]["adamw"]["best"] == pytest.approx(1.0) and data["search"]["adamw"]["default"] == 1.0
+    assert any("lr_scale-1.414" in p.name for p in (root / "runs").iterdir())
+    assert "best lr scale (every role)" in (root / "table.md").read_text()
+    given = benchmark_spec.retarget(benchmark_spec.load_benchmark(spec), lrs_from=root / "benchmark.json")
+    assert given.extra["muon"]["optim.lr_scale"] == pytest.approx(2 ** 0.5) and given.grid == (0,)
+    assert given.extra["adamw"]["optim.adamw.hidden.weight_decay"] == 0.1 and given.search_key == "optim.lr"
+
+
+def test_lr_scale_multiplies_every_roles_lr():
+    from optimizers.registry import build_optimizer
+    from training.config import load_config
+
+    cfg = load_config(REPO / "configs/track3_tiny.toml", ["--optim.name=adamw", "--optim.lr=0.002",
+                                                         "--optim.adamw.embed.lr=0.3", "--optim.lr_scale=0.5"])
+    assert cfg.optim.role_lr("embed") == pytest.approx(0.15) and cfg.optim.role_lr("hidden") == pytest.approx(0.001)
+    from model.gpt import GPT
+    opt = build_optimizer(GPT(cfg.model).params_by_role(), cfg.optim, __import__("torch").device("cpu"))
+    assert {g["role"]: g["lr"] for g in opt.param_groups}["embed"] == pytest.approx(0.15)
+    from common.errors import ConfigError
+    with pytest.raises(ConfigError, match="optim.lr_scale must be positive"):
+        load_config(REPO / "configs/track3_tiny.toml", ["--optim.lr_scale=0"]).optim.check()

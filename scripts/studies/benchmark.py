@@ -7,6 +7,9 @@ schedule that ends at the target), scaled down.
     python -m scripts.studies.benchmark --spec configs/benchmarks/track3_fineweb.toml    # every GPU of the node
     python -m scripts.studies.benchmark --spec SPEC --dry-run    # each phase's runs and their status; runs nothing
     python -m scripts.studies.benchmark --spec SPEC --record     # at the end, keep it in records/<track>/<date>_<name>/
+    python -m scripts.studies.benchmark --spec SPEC --data DIR --lrs-from sweeps/NAME/benchmark.json
+                                 # the same protocol on your text (data/shakespeare.py --text FILE --out DIR) with the
+                                 # lrs searched before, as given: does the ranking hold on text it was not tuned on?
 
 The protocol (a spec, configs/benchmarks/*.toml, sets every number; cpu_shakespeare.toml documents
 every key):
@@ -75,15 +78,16 @@ from common.exit_codes import EXIT_INTERRUPTED
 from common.hardware import cpu_model
 from scripts.records import book as records
 from scripts.studies.benchmark_spec import (
-    PLOT,
     BenchmarkSpec,
     check_configs,
     coarse_lrs,
     default_lr,
     load_benchmark,
     phase_spec,
+    plot_spec,
     protocol_size,
     refine_lrs,
+    retarget,
 )
 from scripts.studies.results import collect_results, plot_lr_transfer, write_csv
 from scripts.studies.runner import (
@@ -154,12 +158,12 @@ def row_loss(row: dict) -> float:
     return loss if row["status"] == "completed" and loss is not None and math.isfinite(loss) else math.inf
 
 
-def lr_losses(rows: list[dict], opt: str) -> dict:
-    """{lr: [final loss of each finished or failed search seed]} of one optimizer's search rows."""
+def lr_losses(rows: list[dict], opt: str, key: str) -> dict:
+    """{lr (the value of `key`): [final loss of each finished or failed search seed]} of one optimizer's rows."""
     per_lr = {}
     for r in rows:
         if r["optim.name"] == opt and r["status"] != "pending":
-            per_lr.setdefault(r["optim.lr"], []).append(row_loss(r))
+            per_lr.setdefault(r[key], []).append(row_loss(r))
     return per_lr
 
 
@@ -171,7 +175,7 @@ def search(ctx: Context) -> tuple[dict, list[dict]]:
     rows = run_phase(ctx, phase_spec(bench, coarse, (bench.largest,), bench.search_seeds), "search")
 
     def mean_losses(opt):
-        per_lr = lr_losses(rows, opt)
+        per_lr = lr_losses(rows, opt, bench.search_key)
         return per_lr, {lr: statistics.fmean(xs) for lr, xs in sorted(per_lr.items())}
 
     refined = {}
@@ -191,7 +195,7 @@ def search(ctx: Context) -> tuple[dict, list[dict]]:
         losses = losses or {lr: math.inf for lr in coarse[opt]}
         best = min(losses, key=losses.get)
         finite = math.isfinite(losses[best])
-        result[opt] = {"default": default_lr(bench, opt), "losses": losses, "best": best if finite else None,
+        result[opt] = {"default": 1.0 if bench.search_roles == "all" else default_lr(bench, opt), "losses": losses, "best": best if finite else None,
                        "edge": finite and len(losses) > 1 and best in (min(losses), max(losses)),
                        "non_monotone": non_monotone(per_lr) if finite else None,
                        "complete": all(r["status"] != "pending" for r in rows if r["optim.name"] == opt)}
@@ -240,7 +244,9 @@ def render_table(ctx: Context, searched: dict, losses: dict, scores: dict, targe
         "## Final validation loss at the best lr (mean ± sample std over seeds)", "", *ladder_rows(bench, losses), "",
         f"## Learning-rate search ({bench.largest} steps, seed{'s' if len(bench.search_seeds) > 1 else ''} "
         f"{', '.join(map(str, bench.search_seeds))})", "",
-        f"Grid: default lr x 2^k, k = {grid}" + ("; then the best x 2^(+-1/2)." if bench.refine else "."), "",
+        (f"Grid: default lr x 2^k, k = {grid}" if bench.search_roles == "main" else
+         f"Grid: every role's lr (optim.lr and each role's own) x lr scale 2^k, k = {grid}")
+        + ("; then the best x 2^(+-1/2)." if bench.refine else "."), "",
         *search_rows(bench, searched), ""])
 
 
@@ -256,7 +262,7 @@ def plot_loss_curves(ctx: Context, searched: dict, rows: list[dict], target: flo
     colors, styles, late = plt.get_cmap("tab10"), ["-", "--", ":", "-."], []
     for i, opt in enumerate(bench.optimizers):
         best = searched[opt]["best"]
-        mine = [r for r in rows if (r["optim.name"], r["schedule.steps"], r["optim.lr"]) == (opt, bench.largest, best)
+        mine = [r for r in rows if (r["optim.name"], r["schedule.steps"], r[bench.search_key]) == (opt, bench.largest, best)
                 and r["status"] in FINISHED]
         for j, r in enumerate(sorted({r["run_id"]: r for r in mine}.values(), key=lambda r: r["seed"])):
             points = [m for m in records.read_metrics(ctx.sweep.run_dir(r["run_id"])) if m.get("val_loss") is not None]
@@ -314,7 +320,7 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
     machine = machine_description(ctx.slots)
     atomic_write_text(root / "table.md", render_table(ctx, searched, losses, scores, target_text, machine))
     search_rows_ = [r for r in unique.values() if "search" in r["phase"] or "refine" in r["phase"]]
-    plot_lr_transfer(search_rows_, PLOT, root / "lr_search.png", title=f"{bench.name}: lr search")
+    plot_lr_transfer(search_rows_, plot_spec(bench), root / "lr_search.png", title=f"{bench.name}: lr search")
     plot_loss_curves(ctx, searched, list(unique.values()), target, root / "loss_curves.png")
     previous = json.loads((root / "benchmark.json").read_text()) if (root / "benchmark.json").is_file() else {}
     invocations = previous.get("invocations", []) + [{
@@ -324,7 +330,8 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
         "name": bench.name, "base": bench.base, "budgets": list(bench.budgets), "seeds": list(bench.seeds),
         "target_spec": bench.target, "target": target, "target_text": target_text, "reference": bench.reference,
         "headline": headline(bench, scores, target) if scores else "no score yet",
-        "alpha": bench.alpha, "search_seeds": list(bench.search_seeds),
+        "alpha": bench.alpha, "search_seeds": list(bench.search_seeds), "search_key": bench.search_key,
+        "train_files": bench.overrides.get("data.train_files"), "lrs_given": len(bench.grid) == 1 and not bench.refine,
         "search": {o: {"default": s["default"], "best": s["best"], "edge": s["edge"],
                        "non_monotone": s["non_monotone"],
                        "losses": {repr(lr): _finite_or_none(x) for lr, x in s["losses"].items()}}
@@ -360,6 +367,8 @@ def plan_summary(ctx: Context, rows: list[dict]) -> str:
 def prepare(args) -> Context:
     """The spec, the slots and the checked configs; raises SpecError / ConfigError before any compute."""
     bench = load_benchmark(args.spec)
+    if args.data or args.lrs_from or args.name:
+        bench = retarget(bench, args.data, args.lrs_from, args.name)
     if args.slots is not None:
         bench = replace(bench, slots=args.slots)
     gpus = parse_gpus(args.gpus)
@@ -378,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", required=True, type=Path, help="benchmark spec (configs/benchmarks/*.toml)")
     parser.add_argument("--out", type=Path, default=Path("sweeps"), help="parent of the benchmark folder (sweeps/)")
+    parser.add_argument("--data", type=Path, help="shards of another text (data/shakespeare.py --text FILE --out DIR)")
+    parser.add_argument("--lrs-from", type=Path, help="train the best lrs of this benchmark.json as given, no search")
+    parser.add_argument("--name", help="the folder's name (default: the spec's, + the data folder, + given-lrs)")
     parser.add_argument("--slots", type=int, help="runs at once without GPUs (default: the spec's slots)")
     parser.add_argument("--gpus", help="comma-separated GPU ids (default: all visible; 'none' for the CPU)")
     parser.add_argument("--gpus-per-run", type=int, help="GPUs per run (default: the spec's gpus_per_run)")

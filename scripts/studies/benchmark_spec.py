@@ -4,8 +4,9 @@ scripts/studies/benchmark.py."""
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.paths import REPO
@@ -17,13 +18,15 @@ SPEC_KEYS = ("name", "base", "optimizers", "budgets", "seeds", "target", "refere
              "overrides", "extra", "slots", "gpus_per_run", "retries", "track", "alpha")
 
 
-SEARCH_KEYS = ("grid", "refine", "seed", "seeds")
+SEARCH_KEYS = ("grid", "refine", "seed", "seeds", "roles")
+ROLES_SEARCHED = {"main": "optim.lr", "all": "optim.lr_scale"}  # search.roles -> the key the search varies
 
 
 TARGET = re.compile(r"^(?P<opt>[A-Za-z0-9_]+)@(?P<budget>largest|\d+)(:(?P<how>mean|max))?$")
 
 
-PLOT = PlotSpec(x="optim.lr", curves="schedule.steps", panels="optim.name")
+def plot_spec(bench: BenchmarkSpec) -> PlotSpec:
+    return PlotSpec(x=bench.search_key, curves="schedule.steps", panels="optim.name")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class BenchmarkSpec:
     grid: tuple[float, ...] = (-2, -1, 0, 1, 2)  # coarse search: default lr x 2^k
     refine: bool = True  # then best x 2^(+-1/2)
     search_seeds: tuple[int, ...] = (0,)  # each lr of the search is scored by its mean final loss over these
+    search_roles: str = "main"  # "main": optim.lr (roles with their own lr keep it); "all": optim.lr_scale
     default_lr: dict = field(default_factory=dict)  # optimizer -> the grid's centre
     overrides: dict = field(default_factory=dict)  # dotted key -> value, for every run
     extra: dict = field(default_factory=dict)  # optimizer -> {dotted key: value} for its runs only
@@ -54,6 +58,11 @@ class BenchmarkSpec:
     @property
     def search_seed(self) -> int:
         return self.search_seeds[0]
+
+    @property
+    def search_key(self) -> str:
+        """The key the search varies: optim.lr, or optim.lr_scale (every role's lr together)."""
+        return ROLES_SEARCHED[self.search_roles]
 
     @property
     def base_path(self) -> Path:
@@ -84,6 +93,7 @@ def load_benchmark(path: str | Path) -> BenchmarkSpec:
         budgets=tuple(sorted(_ints(raw["budgets"], "budgets"))), seeds=seeds, target=raw["target"],
         reference=str(raw.get("reference", "adamw")), grid=tuple(search.get("grid", BenchmarkSpec.grid)),
         refine=bool(search.get("refine", True)), search_seeds=search_seeds,
+        search_roles=str(search.get("roles", "main")),
         default_lr=dict(raw.get("default_lr", {})), overrides=flatten(raw.get("overrides", {})),
         extra={k: flatten(v) for k, v in raw.get("extra", {}).items()}, slots=int(raw.get("slots", 1)),
         gpus_per_run=int(raw.get("gpus_per_run", 1)), retries=int(raw.get("retries", 1)),
@@ -124,6 +134,9 @@ def check_benchmark(bench: BenchmarkSpec, explicit_reference: bool = True) -> No
     if bench.slots < 1 or bench.gpus_per_run < 1 or bench.retries < 0:
         raise SpecError(f"slots ({bench.slots}) and gpus_per_run ({bench.gpus_per_run}) must be >= 1, "
                         f"retries ({bench.retries}) >= 0")
+    if bench.search_roles not in ROLES_SEARCHED:
+        raise SpecError(f"search.roles = {bench.search_roles!r}: expected 'main' (optim.lr) or 'all' (optim.lr_scale: "
+                        "every role's lr together)")
     if isinstance(bench.alpha, bool) or not isinstance(bench.alpha, (int, float)) or not 0 < bench.alpha < 1:
         raise SpecError(f"alpha = {bench.alpha!r}: a significance level between 0 and 1 (e.g. 0.05)")
     parse_target(bench)
@@ -157,7 +170,8 @@ def default_lr(bench: BenchmarkSpec, name: str) -> float:
 
 
 def coarse_lrs(bench: BenchmarkSpec, name: str) -> tuple[float, ...]:
-    centre = default_lr(bench, name)
+    """The search's first values: default lr x 2^k (search.roles = "main"), or lr scales 2^k ("all")."""
+    centre = default_lr(bench, name) if bench.search_roles == "main" else 1.0
     return tuple(centre * 2.0 ** k for k in sorted(bench.grid))
 
 
@@ -170,10 +184,12 @@ def phase_spec(bench: BenchmarkSpec, lrs: dict, budgets, seeds) -> SweepSpec:
     """One phase as a sweep over the benchmark's folder: lrs = {optimizer: its learning rates}."""
     opts = [o for o in bench.optimizers if lrs.get(o)]
     axes = (Axis("optim.name", tuple(opts)), Axis("schedule.steps", tuple(budgets)),
-            Axis("optim.lr", by="optim.name", per_value={o: tuple(lrs[o]) for o in opts}), Axis("seed", tuple(seeds)))
+            Axis(bench.search_key, by="optim.name", per_value={o: tuple(lrs[o]) for o in opts}),
+            Axis("seed", tuple(seeds)))
+    main = {} if bench.search_roles == "main" else {o: {"optim.lr": default_lr(bench, o)} for o in opts}
     spec = SweepSpec(name=bench.name, base=bench.base, axes=axes, overrides=bench.overrides,
-                     extra={"optim.name": {o: bench.extra.get(o, {}) for o in opts}},
-                     gpus_per_run=bench.gpus_per_run, retries=bench.retries, plot=PLOT)
+                     extra={"optim.name": {o: {**main.get(o, {}), **bench.extra.get(o, {})} for o in opts}},
+                     gpus_per_run=bench.gpus_per_run, retries=bench.retries, plot=plot_spec(bench))
     check_spec(spec)
     return spec
 
@@ -181,7 +197,7 @@ def phase_spec(bench: BenchmarkSpec, lrs: dict, budgets, seeds) -> SweepSpec:
 def check_configs(bench: BenchmarkSpec, world_size: int = 1) -> None:
     """Every optimizer's run config is one the trainer accepts (before any compute); ConfigError names the key."""
     for name in bench.optimizers:
-        spec = phase_spec(bench, {name: (default_lr(bench, name),)}, (bench.largest,), (bench.search_seed,))
+        spec = phase_spec(bench, {name: coarse_lrs(bench, name)[:1]}, (bench.largest,), (bench.search_seed,))
         for run in plan_runs(spec):
             validate(load_config(bench.base_path, list(run.overrides)), world_size=world_size)
 
@@ -196,3 +212,65 @@ def protocol_size(bench: BenchmarkSpec) -> dict:
     shared = n * len(set(bench.search_seeds) & set(bench.seeds))
     steps = (search - shared) * bench.largest + n * len(bench.seeds) * sum(bench.budgets)
     return {"runs": search + ladder - shared, "steps": steps}
+
+
+def retarget(bench: BenchmarkSpec, data: Path | None = None, lrs_from: Path | None = None,
+             name: str | None = None) -> BenchmarkSpec:
+    """The same protocol on other shards and/or with learning rates found before, without editing the spec:
+
+    data: a folder of shards written by data/shakespeare.py (`--text FILE --out DIR`, characters or GPT-2 BPE):
+      its *_train_*.bin and *_val_*.bin, with the vocabulary size and separator of its documents.json;
+    lrs_from: a benchmark.json whose search found each optimizer's best lr: those lrs are trained as given
+      (search.grid = [0], no refinement), so the ranking is measured on text the lrs were not tuned on;
+    name: the folder (default: the spec's name, then the data folder's name, then "given-lrs")."""
+    changes, parts = {}, [bench.name]
+    if data is not None:
+        changes["overrides"] = {**bench.overrides, **data_overrides(bench, Path(data))}
+        parts.append(Path(data).name)
+    if lrs_from is not None:
+        changes.update(given_lrs(bench, Path(lrs_from)))
+        parts.append("given-lrs")
+    changes["name"] = name or "_".join(parts)
+    bench = replace(bench, **changes)
+    check_benchmark(bench)
+    return bench
+
+
+def data_overrides(bench: BenchmarkSpec, folder: Path) -> dict:
+    """The data keys of every run for a folder of data/shakespeare.py shards; SpecError says what is missing."""
+    train, val, info = sorted(folder.glob("*_train_*.bin")), sorted(folder.glob("*_val_*.bin")), folder / "documents.json"
+    if not train or not val or not info.is_file():
+        raise SpecError(f"--data {folder}: expected *_train_*.bin, *_val_*.bin and documents.json, as "
+                        f"`python -m data.shakespeare --text FILE --out {folder}` writes them")
+    doc = json.loads(info.read_text())
+    needed = int(bench.overrides.get("eval.tokens", 0))
+    if needed and doc.get("val_tokens", 0) <= needed:
+        raise SpecError(f"--data {folder}: its validation holds {doc.get('val_tokens')} tokens, the runs validate "
+                        f"on eval.tokens = {needed}: prepare it with a larger --val-fraction (one document) or a "
+                        "smaller --val-every")
+    return {"data.synthetic": False, "data.train_files": str(folder / "*_train_*.bin"),
+            "data.val_files": str(folder / "*_val_*.bin"), "model.vocab_size": int(doc["vocab_size"]),
+            "model.eot_token": int(doc["separator_id"])}
+
+
+def searched_lrs(bench: BenchmarkSpec, path: Path) -> dict:
+    """{optimizer: the best lr of the search in a benchmark.json} for every optimizer of the spec."""
+    try:
+        search = json.loads(path.read_text())["search"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecError(f"--lrs-from {path}: not a benchmark.json with a search ({e})") from None
+    missing = [o for o in bench.optimizers if not (search.get(o) or {}).get("best")]
+    if missing:
+        raise SpecError(f"--lrs-from {path}: no best lr for {', '.join(missing)}")
+    return {o: float(search[o]["best"]) for o in bench.optimizers}
+
+
+def given_lrs(bench: BenchmarkSpec, path: Path) -> dict:
+    """The changes that train a benchmark.json's best values as given: its best lrs as [default_lr], or (a search
+    of every role's lr together) its best lr scales as each optimizer's optim.lr_scale, with its default lrs."""
+    best = searched_lrs(bench, path)
+    changes = dict(grid=(0,), refine=False, search_roles="main")
+    if json.loads(path.read_text()).get("search_key", "optim.lr") == "optim.lr":
+        return {**changes, "default_lr": best}
+    extra = {o: {**bench.extra.get(o, {}), "optim.lr_scale": best[o]} for o in bench.optimizers}
+    return {**changes, "extra": {**bench.extra, **extra}}

@@ -161,7 +161,8 @@ def p_text(p: float | None) -> str:
 def steps_rows(bench: BenchmarkSpec, searched: dict, scores: dict) -> list[str]:
     """The main table: best lr, steps to target (mean, interval, range, per seed), ratio and p vs the reference."""
     pct = f"{100 * bench.level:g}%"
-    lines = [f"| optimizer | best lr | steps to target (mean over seeds) | {pct} interval | range (min-max) | per seed "
+    best = "best lr" if bench.search_roles == "main" else "best lr scale (every role)"
+    lines = [f"| optimizer | {best} | steps to target (mean over seeds) | {pct} interval | range (min-max) | per seed "
              f"| x {bench.reference} | p vs {bench.reference} |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for opt in bench.optimizers:
         lr = lr_cell(searched, opt)
@@ -202,7 +203,8 @@ def ladder_rows(bench: BenchmarkSpec, losses: dict) -> list[str]:
 def search_rows(bench: BenchmarkSpec, searched: dict) -> list[str]:
     what = "mean final validation loss over the search seeds" if len(bench.search_seeds) > 1 else \
         "final validation loss"
-    lines = [f"| optimizer | default lr | {what} per lr (best in bold) |", "| --- | ---: | --- |"]
+    lr = "lr" if bench.search_roles == "main" else "lr scale"
+    lines = [f"| optimizer | default {lr} | {what} per {lr} (best in bold) |", "| --- | ---: | --- |"]
     for opt, s in searched.items():
         cells = [(f"**{lr_text(lr)}: {loss_text(x)}**" if lr == s["best"] else f"{lr_text(lr)}: {loss_text(x)}")
                  for lr, x in s["losses"].items()]
