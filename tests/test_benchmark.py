@@ -528,3 +528,37 @@ def test_lr_scale_multiplies_every_roles_lr():
     from common.errors import ConfigError
     with pytest.raises(ConfigError, match="optim.lr_scale must be positive"):
         load_config(REPO / "configs/track3_tiny.toml", ["--optim.lr_scale=0"]).optim.check()
+
+
+def test_packing_runs_k_copies_side_by_side(tmp_path, monkeypatch):
+    """scripts/bench/packing.py: k copies of a spec's run at once, each finishing its steps; the JSON has each
+    pack's wall and training times and the speed-ups against one run."""
+    from scripts.bench import packing
+
+    vocab = tiny_text(tmp_path / "text")
+    spec = write_spec(tmp_path, f"""
+        name = "pack"
+        base = "{REPO / 'configs/track3_tiny.toml'}"
+        optimizers = ["adamw"]
+        budgets = [3]
+        seeds = [0]
+        target = 1.0
+        [overrides]
+        "data.synthetic" = false
+        "data.train_files" = "{tmp_path / 'text/shakespeare_train_*.bin'}"
+        "data.val_files" = "{tmp_path / 'text/shakespeare_val_*.bin'}"
+        "model.vocab_size" = {vocab}
+        "model.eot_token" = 0
+        "model.width" = 32
+        "model.head_dim" = 32
+        "model.depth" = 1
+        "model.seq_len" = 64
+        "data.batch_tokens" = 128
+        "eval.tokens" = 256
+        "checkpoint.every" = 0
+        "checkpoint.final" = false
+    """)
+    data = packing.main(["--spec", str(spec), "--packs", "1,2", "--steps", "3", "--out", str(tmp_path / "p.json")])
+    assert [p["runs"] for p in data["packs"]] == [1, 2] and data["packs"][0]["speedup"] == 1.0
+    assert len(data["packs"][1]["train_s"]) == 2 and all(t > 0 for p in data["packs"] for t in p["train_s"])
+    assert json.loads((tmp_path / "p.json").read_text())["device"].startswith("CPU")

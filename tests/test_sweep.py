@@ -111,6 +111,12 @@ def test_make_slots():
     assert runner.make_slots([], 2) == [Slot()]  # CPU: one run after another
     with pytest.raises(SpecError, match="only 4 GPU"):
         runner.make_slots(gpus, 8)
+    packed = runner.make_slots(["0", "1"], 1, runs_per_gpu=3)  # 3 runs at once on each GPU, spread over both
+    assert packed == [Slot(("0",), 0), Slot(("1",), 0), Slot(("0",), 1), Slot(("1",), 1), Slot(("0",), 2),
+                      Slot(("1",), 2)]
+    assert str(packed[2]) == "GPU 0 #1" and str(packed[0]) == "GPU 0"
+    with pytest.raises(SpecError, match="runs_per_gpu must be >= 1"):
+        runner.make_slots(gpus, 1, runs_per_gpu=0)
     assert runner.parse_gpus("4, 5") == ["4", "5"] and runner.parse_gpus("none") == []
 
 

@@ -374,11 +374,12 @@ def prepare(args) -> Context:
     gpus = parse_gpus(args.gpus)
     if not gpus and bench.slots > (os.cpu_count() or 1):
         raise SpecError(f"slots = {bench.slots} runs at once, but this machine has {os.cpu_count()} cores")
-    slots = make_slots(gpus, args.gpus_per_run or bench.gpus_per_run, cpu_slots=bench.slots)
+    slots = make_slots(gpus, args.gpus_per_run or bench.gpus_per_run, cpu_slots=bench.slots,
+                       runs_per_gpu=args.runs_per_gpu or bench.runs_per_gpu)
     check_configs(bench, world_size=len(slots[0].gpus) or 1)
     if args.record and not bench.track:
         raise SpecError("--record needs `track` in the spec (records/<track>/)")
-    if not gpus and len(slots) > 1 and "OMP_NUM_THREADS" not in os.environ:
+    if len(slots) > 1 and "OMP_NUM_THREADS" not in os.environ:  # CPU runs, or the host side of packed GPU runs
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
     return Context(bench, SweepDir(args.out / bench.name), slots, args.train_script, args.retry_failed, args.dry_run)
 
@@ -393,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, help="runs at once without GPUs (default: the spec's slots)")
     parser.add_argument("--gpus", help="comma-separated GPU ids (default: all visible; 'none' for the CPU)")
     parser.add_argument("--gpus-per-run", type=int, help="GPUs per run (default: the spec's gpus_per_run)")
+    parser.add_argument("--runs-per-gpu", type=int, help="runs packed onto each GPU at once (default: the spec's)")
     parser.add_argument("--retry-failed", action="store_true", help="re-run runs whose failure was recorded")
     parser.add_argument("--dry-run", action="store_true", help="each phase's runs and their status; run nothing")
     parser.add_argument("--record", action="store_true", help="then copy it into records/<track>/<date>_<name>/")

@@ -15,7 +15,7 @@ from scripts.studies.spec import Axis, PlotSpec, SpecError, SweepSpec, check_spe
 from training.config import load_config, validate
 
 SPEC_KEYS = ("name", "base", "optimizers", "budgets", "seeds", "target", "reference", "search", "default_lr",
-             "overrides", "extra", "slots", "gpus_per_run", "retries", "track", "alpha")
+             "overrides", "extra", "slots", "gpus_per_run", "runs_per_gpu", "retries", "track", "alpha")
 
 
 SEARCH_KEYS = ("grid", "refine", "seed", "seeds", "roles")
@@ -47,6 +47,7 @@ class BenchmarkSpec:
     extra: dict = field(default_factory=dict)  # optimizer -> {dotted key: value} for its runs only
     slots: int = 1  # runs at once without GPUs
     gpus_per_run: int = 1
+    runs_per_gpu: int = 1  # runs packed onto each GPU (or group of gpus_per_run) at once
     retries: int = 1
     track: str = ""  # records/<track>/ for --record
     alpha: float = 0.05  # significance level of the tests against the reference; intervals at 1 - alpha
@@ -96,7 +97,7 @@ def load_benchmark(path: str | Path) -> BenchmarkSpec:
         search_roles=str(search.get("roles", "main")),
         default_lr=dict(raw.get("default_lr", {})), overrides=flatten(raw.get("overrides", {})),
         extra={k: flatten(v) for k, v in raw.get("extra", {}).items()}, slots=int(raw.get("slots", 1)),
-        gpus_per_run=int(raw.get("gpus_per_run", 1)), retries=int(raw.get("retries", 1)),
+        gpus_per_run=int(raw.get("gpus_per_run", 1)), runs_per_gpu=int(raw.get("runs_per_gpu", 1)), retries=int(raw.get("retries", 1)),
         track=str(raw.get("track", "")), alpha=raw.get("alpha", 0.05),
     )
     check_benchmark(bench, explicit_reference="reference" in raw)
@@ -131,8 +132,9 @@ def check_benchmark(bench: BenchmarkSpec, explicit_reference: bool = True) -> No
         raise SpecError(f"search.grid = {list(bench.grid)}: expected exponents k (lr = default x 2^k), no repeats")
     if explicit_reference and bench.reference not in bench.optimizers:
         raise SpecError(f"reference = {bench.reference!r} is not one of the optimizers {list(bench.optimizers)}")
-    if bench.slots < 1 or bench.gpus_per_run < 1 or bench.retries < 0:
-        raise SpecError(f"slots ({bench.slots}) and gpus_per_run ({bench.gpus_per_run}) must be >= 1, "
+    if bench.slots < 1 or bench.gpus_per_run < 1 or bench.runs_per_gpu < 1 or bench.retries < 0:
+        raise SpecError(f"slots ({bench.slots}), gpus_per_run ({bench.gpus_per_run}) and runs_per_gpu "
+                        f"({bench.runs_per_gpu}) must be >= 1, "
                         f"retries ({bench.retries}) >= 0")
     if bench.search_roles not in ROLES_SEARCHED:
         raise SpecError(f"search.roles = {bench.search_roles!r}: expected 'main' (optim.lr) or 'all' (optim.lr_scale: "

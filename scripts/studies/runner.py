@@ -105,9 +105,10 @@ class Slot:
     """A group of GPUs that runs one run at a time; no GPUs means the CPU."""
 
     gpus: tuple[str, ...] = ()
+    share: int = 0  # which of the runs packed onto the same GPUs (runs_per_gpu > 1)
 
     def __str__(self) -> str:
-        return f"GPU {','.join(self.gpus)}" if self.gpus else "CPU"
+        return (f"GPU {','.join(self.gpus)}" + (f" #{self.share}" if self.share else "")) if self.gpus else "CPU"
 
 
 def detect_gpus() -> list[str]:
@@ -132,10 +133,13 @@ def interrupt_on_sigterm(_signum, _frame):
     raise KeyboardInterrupt
 
 
-def make_slots(gpus: list[str], per_run: int, cpu_slots: int | None = None) -> list[Slot]:
-    """Groups of `per_run` GPUs (left-over GPUs stay idle). Without GPUs, `cpu_slots` CPU slots:
-    that many runs at once (default: the environment variable SWEEP_CPU_SLOTS, else 1, one run after
-    another); give each run OMP_NUM_THREADS = cores / slots, or they fight over the cores."""
+def make_slots(gpus: list[str], per_run: int, cpu_slots: int | None = None, runs_per_gpu: int = 1) -> list[Slot]:
+    """Groups of `per_run` GPUs (left-over GPUs stay idle), each shared by `runs_per_gpu` runs at once (small
+    models leave a GPU idle: packing several fills it; scripts/bench/packing.py measures how many pay). Without
+    GPUs, `cpu_slots` CPU slots: that many runs at once (default: the environment variable SWEEP_CPU_SLOTS, else
+    1, one run after another); give each run OMP_NUM_THREADS = cores / slots, or they fight over the cores."""
+    if runs_per_gpu < 1:
+        raise SpecError(f"runs_per_gpu must be >= 1, got {runs_per_gpu}")
     if not gpus:
         if cpu_slots is None:
             text = os.environ.get(CPU_SLOTS_ENV, "").strip() or "1"
@@ -147,7 +151,8 @@ def make_slots(gpus: list[str], per_run: int, cpu_slots: int | None = None) -> l
         return [Slot() for _ in range(cpu_slots)]
     if per_run > len(gpus):
         raise SpecError(f"gpus_per_run = {per_run} but only {len(gpus)} GPU(s): {','.join(gpus)}")
-    return [Slot(tuple(gpus[i:i + per_run])) for i in range(0, len(gpus) - per_run + 1, per_run)]
+    groups = [tuple(gpus[i:i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
+    return [Slot(group, share) for share in range(runs_per_gpu) for group in groups]
 
 
 def launch_command(run: PlannedRun, spec: SweepSpec, sweep: SweepDir, slot: Slot, train_script: Path,

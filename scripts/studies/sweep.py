@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("sweeps"), help="parent of the sweep folder (default sweeps/)")
     parser.add_argument("--gpus", help="comma-separated GPU ids (default: all visible; 'none' for the CPU)")
     parser.add_argument("--gpus-per-run", type=int, help="GPUs per run (default: the spec's gpus_per_run)")
+    parser.add_argument("--runs-per-gpu", type=int, default=1, help="runs packed onto each GPU at once (default 1)")
     parser.add_argument("--retry-failed", action="store_true", help="re-run runs whose failure was recorded")
     parser.add_argument("--retries", type=int, help="automatic retries of a run that fails now (default: the "
                                                     "spec's retries, 1); config errors are never retried")
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec)
         sweep = SweepDir(args.out / spec.name)
         runs = with_extensions(spec, plan_runs(spec), load_extensions(sweep))
-        slots = make_slots(parse_gpus(args.gpus), args.gpus_per_run or spec.gpus_per_run)
+        slots = make_slots(parse_gpus(args.gpus), args.gpus_per_run or spec.gpus_per_run,
+                           runs_per_gpu=args.runs_per_gpu)
         statuses = {r.run_id: sweep.status(r.run_id) for r in runs}
         if args.dry_run:
             print(describe_plan(spec, sweep, runs, statuses, slots, args.retry_failed, args.train_script))
