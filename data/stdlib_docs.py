@@ -9,7 +9,7 @@ Each module is one document (its dotted name on the first line, then its docstri
 help topic another; the modules of tests, idlelib and site-packages are left out. The text is written as
 data/shakespeare.py's `--text` input (documents separated by a line holding only <|endoftext|>) and that
 script makes the shards, so this is exactly the "your own text" route. The text depends on the Python
-version (its name is in the output); the shards say which in documents.json's "source".
+version, which the command prints.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def module_text(path: Path, root: Path) -> str:
     except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
         return ""
     kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-    docs = [ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, kinds)]
+    nodes = sorted((n for n in ast.walk(tree) if isinstance(n, kinds)), key=lambda n: getattr(n, "lineno", 0))
+    docs = [ast.get_docstring(node) for node in nodes]
     docs = [d.strip() for d in docs if d and d.strip()]
     if not docs:
         return ""

@@ -562,3 +562,28 @@ def test_packing_runs_k_copies_side_by_side(tmp_path, monkeypatch):
     assert [p["runs"] for p in data["packs"]] == [1, 2] and data["packs"][0]["speedup"] == 1.0
     assert len(data["packs"][1]["train_s"]) == 2 and all(t > 0 for p in data["packs"] for t in p["train_s"])
     assert json.loads((tmp_path / "p.json").read_text())["device"].startswith("CPU")
+
+
+def test_a_failed_run_is_missing_not_a_seed_that_never_reaches():
+    """A rung whose run failed or has not run (None) is 'missing', never '> N'; a diverged run (inf) did run.
+    Without a test (one seed) the headline keeps the ratio and says so."""
+    spec = small_spec(seeds=(0, 1))
+    ladder = {"muon": {50: {0: 2.0, 1: 2.0}, 100: {0: 1.7, 1: None}, 200: {0: 1.5, 1: 1.5}},
+              "adamw": {50: {0: 2.2, 1: 2.2}, 100: {0: 1.9, 1: 1.9}, 200: {0: 1.6, 1: math.inf}}}
+    scores = scoring.score(spec, ladder, 1.65)
+    assert scores["muon"]["reaches"][1] == Reach(None, "missing") and scores["muon"]["mean"] is None
+    assert scores["adamw"]["reaches"][1] == Reach(None, "never")  # diverged: ran, did not reach
+    line = scoring.headline(spec, scores, 1.65)
+    assert "muon n/a (a run failed or is missing)" in line and "adamw > 200" in line
+    rows = "\n".join(scoring.steps_rows(spec, {o: {"best": 0.01, "edge": False, "losses": {0.01: 1.0, 0.02: 1.1}}
+                                              for o in ladder}, scores))
+    assert "failed or missing run" in rows
+    one = small_spec(seeds=(0,))
+    scores = scoring.score(one, {o: {b: {0: by[b][0]} for b in by} for o, by in LADDER.items()}, 1.7)
+    assert "no test" in scoring.headline(one, scores, 1.7)
+
+
+def test_retarget_a_spec_without_the_default_reference(tmp_path):
+    tiny_text(tmp_path / "text")
+    bench = small_spec(optimizers=("muon", "scion"), target=2.0, overrides={"eval.tokens": 256})
+    assert benchmark_spec.retarget(bench, tmp_path / "text").name == "t_text"

@@ -5,13 +5,13 @@ each k, and the throughput they reach together.
     python -m scripts.bench.packing --spec configs/benchmarks/gpu_shakespeare_packed.toml --packs 1,4,8,16   # one GPU
 
 Each pack launches k copies of the spec's first optimizer's run (its base config, overrides and extras, the
-default lr, `--steps` steps, no checkpoint) exactly as the sweep runner launches them: on the CPU each with
+default lr, `--steps` steps) exactly as the sweep runner launches them: on the CPU each with
 OMP_NUM_THREADS = cores / k (at least 1), on a GPU all on the same one. It records the wall time from the first
 launch to the last exit and each run's training time (summary.json), and derives
 
     steps_per_s          k x steps / wall: what a sweep of such runs gets, start-up included
     train_steps_per_s    k x steps / the slowest run's training time: the packed steady state
-    speedup              each against k = 1
+    speedup              each against the first pack listed (k = 1 by default)
 
 A pack whose speed-up stops growing has filled the device: that k is the spec's `slots` (CPU) or
 `runs_per_gpu` (GPU). Writes one JSON file with the device named; prints a table.
@@ -51,12 +51,15 @@ def pack(spec, k: int, steps: int, gpu: str | None, folder: Path) -> dict:
         command, env = launch_command(copy, phase, sweep, Slot((gpu,) if gpu else ()), TRAIN_SCRIPT, resume=False)
         if not gpu:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // k))
-        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-    errors = [p.communicate()[1] for p in procs]
+        log = open(folder / f"pack{k}_{i}.err", "w")  # a file, not a pipe: no run waits on a full pipe
+        procs.append((subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log), log))
+    for proc, log in procs:
+        proc.wait()
+        log.close()
     wall = time.perf_counter() - start
-    if any(p.returncode for p in procs):
-        failed = next(e for p, e in zip(procs, errors) if p.returncode)
-        raise SystemExit(f"a run of the pack of {k} failed:\n{failed[-2000:]}")
+    failed = [i for i, (proc, _) in enumerate(procs) if proc.returncode]
+    if failed:
+        raise SystemExit(f"a run of the pack of {k} failed:\n{(folder / f'pack{k}_{failed[0]}.err').read_text()[-2000:]}")
     train = [json.loads((sweep.runs / f"{run.run_id}_copy{i}" / "summary.json").read_text())["train_time_ms"] / 1000
              for i in range(k)]
     return {"runs": k, "steps": steps, "wall_s": round(wall, 2), "train_s": [round(t, 2) for t in train],

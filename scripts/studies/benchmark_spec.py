@@ -199,7 +199,8 @@ def phase_spec(bench: BenchmarkSpec, lrs: dict, budgets, seeds) -> SweepSpec:
 def check_configs(bench: BenchmarkSpec, world_size: int = 1) -> None:
     """Every optimizer's run config is one the trainer accepts (before any compute); ConfigError names the key."""
     for name in bench.optimizers:
-        spec = phase_spec(bench, {name: coarse_lrs(bench, name)[:1]}, (bench.largest,), (bench.search_seed,))
+        centre = default_lr(bench, name) if bench.search_roles == "main" else 1.0
+        spec = phase_spec(bench, {name: (centre,)}, (bench.largest,), (bench.search_seed,))
         for run in plan_runs(spec):
             validate(load_config(bench.base_path, list(run.overrides)), world_size=world_size)
 
@@ -234,7 +235,7 @@ def retarget(bench: BenchmarkSpec, data: Path | None = None, lrs_from: Path | No
         parts.append("given-lrs")
     changes["name"] = name or "_".join(parts)
     bench = replace(bench, **changes)
-    check_benchmark(bench)
+    check_benchmark(bench, explicit_reference=False)
     return bench
 
 

@@ -31,6 +31,8 @@ class Reach:
     how: str
 
     def text(self, largest: int) -> str:
+        if self.how == "missing":
+            return "n/a (a run failed or has not run)"
         if self.steps is None:
             return f"> {largest}"
         return f"<= {self.steps:.0f}" if self.how == "smallest" else f"{self.steps:.0f}"
@@ -53,6 +55,14 @@ def steps_to_target(losses: dict, target: float) -> Reach:
         frac = (loss_a - target) / (loss_a - loss_b)
         return Reach(a * (b / a) ** frac, "interpolated")  # exp(log a + frac (log b - log a))
     return Reach(None, "never")
+
+
+def seed_reach(losses: dict, target: float) -> Reach:
+    """steps_to_target, except that a rung whose run failed or has not run (None) makes the seed "missing"
+    rather than "never reached" (a diverged run is inf: it did run, and counts as not reaching)."""
+    if any(x is None for x in losses.values()):
+        return Reach(None, "missing")
+    return steps_to_target(losses, target)
 
 
 def resolve_target(bench: BenchmarkSpec, ladder: dict) -> tuple[float, str]:
@@ -94,8 +104,7 @@ def score(bench: BenchmarkSpec, ladder: dict, target: float) -> dict:
     of the mean ("ci") and Welch's p-value against the reference ("p"; None for the reference itself)."""
     scores = {}
     for opt, by_budget in ladder.items():
-        reaches = {s: steps_to_target({b: by_budget.get(b, {}).get(s) for b in bench.budgets}, target)
-                   for s in bench.seeds}
+        reaches = {s: seed_reach({b: by_budget.get(b, {}).get(s) for b in bench.budgets}, target) for s in bench.seeds}
         steps = [r.steps for r in reaches.values()]
         done = all(x is not None for x in steps)
         scores[opt] = {"reaches": reaches, "mean": statistics.fmean(steps) if done else None,
@@ -107,7 +116,7 @@ def score(bench: BenchmarkSpec, ladder: dict, target: float) -> dict:
         s["ratio"] = s["mean"] / ref["mean"] if s["mean"] is not None and ref.get("mean") else None
         mine = opt != bench.reference and s["steps"] is not None and ref.get("steps") is not None
         s["p"] = welch_p(s["steps"], ref["steps"]) if mine else None
-        s["significant"] = s["p"] is not None and s["p"] < 1 - bench.level
+        s["significant"] = s["p"] is not None and s["p"] < bench.alpha
     return scores
 
 
@@ -175,7 +184,9 @@ def steps_rows(bench: BenchmarkSpec, searched: dict, scores: dict) -> list[str]:
             if all(r.how == "smallest" for r in s["reaches"].values()):
                 mean = f"<= {s['mean']:.0f}"
         else:
-            mean, spread = f"> {bench.largest} ({s['reached']} of {len(bench.seeds)} seeds reach it)", "n/a"
+            missing = sum(r.how == "missing" for r in s["reaches"].values())
+            mean, spread = (f"n/a ({missing} seed(s) with a failed or missing run)" if missing else
+                            f"> {bench.largest} ({s['reached']} of {len(bench.seeds)} seeds reach it)"), "n/a"
         ci = "n/a" if s["ci"] is None else f"{max(s['ci'][0], 0):.0f}-{s['ci'][1]:.0f}"
         seeds = ", ".join(r.text(bench.largest) for r in s["reaches"].values())
         ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}"
@@ -218,9 +229,12 @@ def headline(bench: BenchmarkSpec, scores: dict, target: float) -> str:
     parts = []
     for opt, s in scores.items():
         if s["mean"] is None:
-            parts.append(f"{opt} > {bench.largest}")
+            missing = any(r.how == "missing" for r in s["reaches"].values())
+            parts.append(f"{opt} n/a (a run failed or is missing)" if missing else f"{opt} > {bench.largest}")
         elif opt == bench.reference or s["ratio"] is None:
             parts.append(f"{opt} {s['mean']:.0f}")
+        elif s["p"] is None:
+            parts.append(f"{opt} {s['mean']:.0f} ({s['ratio']:.2f}x {bench.reference}, no test: too few seeds or no spread)")
         elif s["significant"]:
             parts.append(f"{opt} {s['mean']:.0f} ({s['ratio']:.2f}x {bench.reference}, p {p_text(s['p'])})")
         else:
