@@ -210,6 +210,7 @@ def _worker(rank, world, port, result_path):
     Path(result_path).write_text(json.dumps({"events": events, "done": done, "calls": calls, "hidden": len(hidden),
                                              "share": share, "params": len(order),
                                              "shapes": len(set(shapes))}))
+    dist.barrier()  # no rank tears gloo down while its peer still sends (seen: SIGABRT at exit under load)
     dist.destroy_process_group()
 
 
