@@ -152,6 +152,36 @@ def test_a_non_monotone_search_is_flagged_beyond_its_noise(per_lr, flagged):
     assert (got is None) if flagged is None else (flagged in got)
 
 
+@pytest.mark.parametrize("x_star", [-0.5, -0.3, -0.1, 0.0, 0.2, 0.4, 0.49])
+@pytest.mark.parametrize("h", [1.0, 2.0])
+def test_refine_gain_bounds_what_a_midpoint_gains_on_a_parabola(x_star, h):
+    """On L(x) = c (x - x*)^2 in x = log2(lr), sampled at the best grid point 0 and its neighbours -h, +h
+    (|x*| <= h/2), the bound c (h/2 - 1/4) is at least what the better midpoint +-1/2 gains, and reached as
+    x* -> h/2 (written here from the parabola, not from the code)."""
+    c = 0.05
+    loss = lambda x: c * (x - x_star) ** 2  # noqa: E731
+    per_lr = {2.0 ** x: [loss(x)] for x in (-2 * h, -h, 0.0, h, 2 * h)}
+    gain = loss(0.0) - min(loss(-0.5), loss(0.5))
+    bound = scoring.refine_gain(per_lr)
+    assert bound == pytest.approx(c * (h / 2 - 0.25)) and gain <= bound + 1e-12
+    if x_star == 0.49 and h == 1.0:
+        assert gain == pytest.approx(bound, abs=0.02 * c)  # c (0.49 - 1/4) vs c (1/2 - 1/4)
+
+
+@pytest.mark.parametrize("per_lr, refine, why", [
+    # a bowl of curvature 0.05 per (log2 lr)^2: a midpoint may gain 0.0125; seeds that agree to 0.002: refine
+    ({1: [1.2, 1.202], 2: [1.05, 1.052], 4: [1.0, 1.002], 8: [1.05, 1.052], 16: [1.2, 1.202]}, True, "may gain up to 0.0125"),
+    # the same bowl, seeds 0.2 apart: the midpoints cannot be told from the best
+    ({1: [1.2, 1.4], 2: [1.05, 1.25], 4: [1.0, 1.2], 8: [1.05, 1.25], 16: [1.2, 1.4]}, False, "within the noise"),
+    ({1: [1.2], 2: [1.05], 4: [1.0], 8: [1.05]}, True, "unknown (one seed)"),
+    ({1: [1.2, 1.4], 2: [1.05, 1.25], 4: [1.0, 1.2]}, True, "end of the grid"),
+    ({1: [1.2, 1.4], 2: [1.05, 1.25], 4: [1.0, 1.2], 8: [math.inf, math.inf]}, True, "diverged"),
+])
+def test_refine_only_where_a_midpoint_can_beat_the_noise(per_lr, refine, why):
+    got, text = scoring.refine_worth(per_lr)
+    assert got is refine and why in text
+
+
 # ----------------------------------------------------------------------------------------------
 # Specs
 
@@ -238,7 +268,8 @@ with open(os.environ["FAKE_CALLS"], "a") as f:
 best = {"muon": 0.05 * 2 ** 0.5, "adamw": 0.0018, "signum": 0.004}[opt]
 speed = {"muon": 2.0, "adamw": 1.0, "signum": 0.8}[opt]
 def loss(s):
-    return 1.0 + 2.0 / (speed * s) ** 0.5 + 0.05 * math.log2(lr / best) ** 2 + 0.002 * seed
+    return 1.0 + 2.0 / (speed * s) ** 0.5 + 0.05 * math.log2(lr / best) ** 2 + spread * seed
+spread = float(os.environ.get("FAKE_SEED_SPREAD", "0.002"))
 status = "diverged" if lr > 8 * best else "completed"
 final = float("nan") if status == "diverged" else loss(steps)
 with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
@@ -492,6 +523,30 @@ def test_the_stdlib_documentation_as_a_text(tmp_path):
     count = stdlib_docs.write_text(tmp_path / "docs.txt", lib)
     docs = shakespeare.read_text_files([tmp_path / "docs.txt"])
     assert len(docs) == count == len(texts) and docs[0].text == texts[0]
+
+
+def test_refine_beyond_noise_skips_what_the_search_cannot_see(fake, tmp_path, monkeypatch):
+    """search.refine = "beyond_noise" with 2 search seeds: seeds 0.002 apart, both optimizers are refined (the
+    fake's bowl lets a midpoint gain 0.0125); 0.2 apart, neither is, and the table and benchmark.json say why."""
+    run, root = fake
+    spec = tmp_path / "bench.toml"
+    body = FAKE_SPEC.replace("[search]", '[search]\n    seeds = [0, 1]\n    refine = "beyond_noise"')
+    spec.write_text(textwrap.dedent(body.format(optimizers=json.dumps(["muon", "adamw"]))))
+    args = ["--spec", str(spec), "--train-script", str(tmp_path / "fake_train.py"), "--gpus", "none"]
+    assert benchmark.main([*args, "--out", str(tmp_path / "agree")]) == 0
+    data = json.loads((tmp_path / "agree" / "fake" / "benchmark.json").read_text())
+    assert all(s["refine_skipped"] is None and len(s["losses"]) == 5 for s in data["search"].values())
+    monkeypatch.setenv("FAKE_SEED_SPREAD", "0.2")
+    assert benchmark.main([*args, "--out", str(tmp_path / "noisy")]) == 0
+    data = json.loads((tmp_path / "noisy" / "fake" / "benchmark.json").read_text())
+    assert all("within the noise" in s["refine_skipped"] and len(s["losses"]) == 3 for s in data["search"].values())
+    assert "not for muon: a midpoint gains at most" in (tmp_path / "noisy" / "fake" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("value", ['"sometimes"', "1"])
+def test_refine_takes_true_false_or_beyond_noise(tmp_path, value):
+    with pytest.raises(SpecError, match="search.refine"):
+        benchmark_spec.load_benchmark(write_spec(tmp_path, GOOD + f"[search]\nrefine = {value}\n"))
 
 
 def test_a_search_of_every_roles_lr_together(fake, tmp_path):

@@ -25,6 +25,9 @@ every key):
    (runs that finished are kept). If the losses do not fall toward the best lr and rise past it by more
    than their noise across seeds (one seed: any reversal), the table says NON-MONOTONE: the best lr may
    be noise. With one lr (search.grid = [0], refine = false) the lr is given, not searched.
+   search.refine = "beyond_noise" refines only where it can matter: where the parabola through the best lr
+   and its neighbours allows a midpoint to beat the best by more than the search's noise (two or more
+   search seeds; scores.refine_worth), so runs are not spent on differences the search cannot see.
 3. Ladder. The best lr at every budget (schedule.steps = budget: each run is a whole schedule of its
    own, its cooldown and warm-up fractions scaled with it, as track 3 scores whole schedules), every seed.
 4. Target (spec key `target`): a loss, or "OPT@largest": the mean over seeds of OPT's final validation
@@ -107,6 +110,8 @@ from scripts.studies.scores import (
     ladder_rows,
     lr_text,
     non_monotone,
+    refine_text,
+    refine_worth,
     resolve_target,
     score,
     search_rows,
@@ -178,13 +183,18 @@ def search(ctx: Context) -> tuple[dict, list[dict]]:
         per_lr = lr_losses(rows, opt, bench.search_key)
         return per_lr, {lr: statistics.fmean(xs) for lr, xs in sorted(per_lr.items())}
 
-    refined = {}
+    refined, skipped = {}, {}
     for opt in bench.optimizers:
-        losses = mean_losses(opt)[1]
+        per_lr, losses = mean_losses(opt)
         pending = any(r["status"] == "pending" for r in rows if r["optim.name"] == opt)
         best = min(losses, key=losses.get) if losses else None
         if bench.refine and best is not None and math.isfinite(losses[best]) and not pending:
-            refined[opt] = refine_lrs(best)
+            worth, why = refine_worth(per_lr) if bench.refine == "beyond_noise" else (True, "")
+            if worth:
+                refined[opt] = refine_lrs(best)
+            else:
+                skipped[opt] = why
+                ctx.say(f"refine: not for {opt}: {why}")
     if refined:
         rows += run_phase(ctx, phase_spec(bench, refined, (bench.largest,), bench.search_seeds), "refine")
     if len(refined) < len(bench.optimizers) and bench.refine and ctx.dry_run:
@@ -197,7 +207,7 @@ def search(ctx: Context) -> tuple[dict, list[dict]]:
         finite = math.isfinite(losses[best])
         result[opt] = {"default": 1.0 if bench.search_roles == "all" else default_lr(bench, opt), "losses": losses, "best": best if finite else None,
                        "edge": finite and len(losses) > 1 and best in (min(losses), max(losses)),
-                       "non_monotone": non_monotone(per_lr) if finite else None,
+                       "non_monotone": non_monotone(per_lr) if finite else None, "refine_skipped": skipped.get(opt),
                        "complete": all(r["status"] != "pending" for r in rows if r["optim.name"] == opt)}
     return result, rows
 
@@ -246,7 +256,7 @@ def render_table(ctx: Context, searched: dict, losses: dict, scores: dict, targe
         f"{', '.join(map(str, bench.search_seeds))})", "",
         (f"Grid: default lr x 2^k, k = {grid}" if bench.search_roles == "main" else
          f"Grid: every role's lr (optim.lr and each role's own) x lr scale 2^k, k = {grid}")
-        + ("; then the best x 2^(+-1/2)." if bench.refine else "."), "",
+        + refine_text(bench, searched), "",
         *search_rows(bench, searched), ""])
 
 
@@ -333,7 +343,7 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
         "alpha": bench.alpha, "search_seeds": list(bench.search_seeds), "search_key": bench.search_key,
         "train_files": bench.overrides.get("data.train_files"), "lrs_given": len(bench.grid) == 1 and not bench.refine,
         "search": {o: {"default": s["default"], "best": s["best"], "edge": s["edge"],
-                       "non_monotone": s["non_monotone"],
+                       "non_monotone": s["non_monotone"], "refine_skipped": s.get("refine_skipped"),
                        "losses": {repr(lr): _finite_or_none(x) for lr, x in s["losses"].items()}}
                    for o, s in searched.items()},
         "ladder": {o: {str(b): {str(seed): _finite_or_none(x) for seed, x in by.items()} for b, by in bb.items()}

@@ -39,7 +39,8 @@ class BenchmarkSpec:
     target: float | str  # a loss, or "OPT@largest[:mean|:max]" / "OPT@<budget>[...]"
     reference: str = "adamw"  # ratios are to this optimizer's mean steps (none if it is not benchmarked)
     grid: tuple[float, ...] = (-2, -1, 0, 1, 2)  # coarse search: default lr x 2^k
-    refine: bool = True  # then best x 2^(+-1/2)
+    refine: bool | str = True  # then best x 2^(+-1/2); "beyond_noise": only where a midpoint could beat the best
+                               # by more than the search's noise (scores.refine_worth)
     search_seeds: tuple[int, ...] = (0,)  # each lr of the search is scored by its mean final loss over these
     search_roles: str = "main"  # "main": optim.lr (roles with their own lr keep it); "all": optim.lr_scale
     default_lr: dict = field(default_factory=dict)  # optimizer -> the grid's centre
@@ -93,7 +94,7 @@ def load_benchmark(path: str | Path) -> BenchmarkSpec:
         name=str(raw.get("name", path.stem)), base=str(raw["base"]), optimizers=tuple(raw["optimizers"]),
         budgets=tuple(sorted(_ints(raw["budgets"], "budgets"))), seeds=seeds, target=raw["target"],
         reference=str(raw.get("reference", "adamw")), grid=tuple(search.get("grid", BenchmarkSpec.grid)),
-        refine=bool(search.get("refine", True)), search_seeds=search_seeds,
+        refine=_refine(search.get("refine", True)), search_seeds=search_seeds,
         search_roles=str(search.get("roles", "main")),
         default_lr=dict(raw.get("default_lr", {})), overrides=flatten(raw.get("overrides", {})),
         extra={k: flatten(v) for k, v in raw.get("extra", {}).items()}, slots=int(raw.get("slots", 1)),
@@ -102,6 +103,12 @@ def load_benchmark(path: str | Path) -> BenchmarkSpec:
     )
     check_benchmark(bench, explicit_reference="reference" in raw)
     return bench
+
+
+def _refine(value) -> bool | str:
+    if isinstance(value, bool) or value == "beyond_noise":
+        return value
+    raise SpecError(f"search.refine: {value!r} is not true, false or \"beyond_noise\"")
 
 
 def _ints(values, key: str) -> list[int]:
@@ -206,7 +213,8 @@ def check_configs(bench: BenchmarkSpec, world_size: int = 1) -> None:
 
 
 def protocol_size(bench: BenchmarkSpec) -> dict:
-    """Runs and training steps of the whole protocol: the search (grid, then refine; every search seed) at the
+    """Runs and training steps of the whole protocol (at most: refine = "beyond_noise" may skip refinements): the
+    search (grid, then refine; every search seed) at the
     largest budget, and each optimizer's ladder (every budget x seed; its runs at the largest budget with a
     search seed are search runs already)."""
     n = len(bench.optimizers)

@@ -120,19 +120,24 @@ def score(bench: BenchmarkSpec, ladder: dict, target: float) -> dict:
     return scores
 
 
+def search_noise(per_lr: dict) -> tuple[float, int]:
+    """(tol, k): two standard errors of a difference of two means of k seeds, the spread pooled over the lrs
+    where every seed is finite; tol 0 when it is unknown (one seed)."""
+    k = min(len(v) for v in per_lr.values())
+    spreads = [statistics.variance(v) for v in per_lr.values() if len(v) >= 2 and all(map(math.isfinite, v))]
+    return (2 * math.sqrt(statistics.fmean(spreads) * 2 / k) if k >= 2 and spreads else 0.0), k
+
+
 def non_monotone(per_lr: dict) -> str | None:
     """per_lr = {lr: [final loss of each search seed]} (inf: diverged or failed). A search's mean losses should
-    fall toward the best lr and rise past it; say where they do not by more than their noise: two standard
-    errors of a difference of two means, the spread pooled over the lrs where every seed is finite (one seed:
-    the noise is unknown and any reversal is named)."""
+    fall toward the best lr and rise past it; say where they do not by more than their noise (search_noise;
+    one seed: the noise is unknown and any reversal is named)."""
     lrs = sorted(per_lr)
     means = [statistics.fmean(per_lr[lr]) if per_lr[lr] else math.inf for lr in lrs]
     best = min(range(len(lrs)), key=means.__getitem__)
     if not math.isfinite(means[best]) or len(lrs) < 3:
         return None
-    k = min(len(v) for v in per_lr.values())
-    spreads = [statistics.variance(v) for v in per_lr.values() if len(v) >= 2 and all(map(math.isfinite, v))]
-    tol = 2 * math.sqrt(statistics.fmean(spreads) * 2 / k) if k >= 2 and spreads else 0.0
+    tol, k = search_noise(per_lr)
     noise = f"beyond the noise {tol:.4f} ({k} seeds)" if tol else "(one seed: its noise unknown)"
     for i in range(len(lrs) - 1):
         toward_best = i < best
@@ -142,6 +147,52 @@ def non_monotone(per_lr: dict) -> str | None:
             return (f"the loss {side} the best lr between {lr_text(lrs[i])} and {lr_text(lrs[i + 1])} "
                     f"({loss_text(means[i])} -> {loss_text(means[i + 1])}) {noise}")
     return None
+
+
+def refine_gain(per_lr: dict) -> float | None:
+    """How much lower than the best lr's mean loss can a refinement midpoint (the best lr x 2^(+-1/2)) be?
+    per_lr = {lr: [final loss of each search seed]}. Near its minimum the loss is about quadratic in x =
+    log2(lr): L(x) = L* + c (x - x*)^2, with c the second divided difference of the mean losses at the best lr
+    and its two neighbours. The minimum x* lies within h/2 of the best (h: the wider of the two spacings), so
+    the better midpoint, 1/2 away, gains at most c (h/2 - 1/4): for a grid in factors of 2 (h = 1), the second
+    difference L(-1) + L(+1) - 2 L(0) over 8. None when it cannot be computed: the best at the grid's end,
+    or a neighbour diverged or failed."""
+    lrs = sorted(per_lr)
+    means = [statistics.fmean(per_lr[lr]) if per_lr[lr] else math.inf for lr in lrs]
+    best = min(range(len(lrs)), key=means.__getitem__)
+    if best in (0, len(lrs) - 1) or not math.isfinite(means[best - 1] + means[best + 1]):
+        return None
+    lo, mid, hi = means[best - 1:best + 2]
+    h_lo, h_hi = math.log2(lrs[best] / lrs[best - 1]), math.log2(lrs[best + 1] / lrs[best])
+    c = ((hi - mid) / h_hi + (lo - mid) / h_lo) / (h_lo + h_hi)
+    return c * (max(h_lo, h_hi) / 2 - 0.25)
+
+
+def refine_worth(per_lr: dict) -> tuple[bool, str]:
+    """Refine the coarse search only where it can matter: where a midpoint may beat the best lr by more than
+    the search's noise (refine_gain against search_noise), or where that cannot be told (one seed, the best
+    at the grid's end, a diverged or failed neighbour). Else the midpoints equal the best within noise, and
+    their runs would measure noise. Returns (refine?, why)."""
+    tol, k = search_noise(per_lr)
+    gain = refine_gain(per_lr)
+    if not tol:
+        return True, "the search's noise is unknown (one seed)"
+    if gain is None:
+        return True, "the best lr is the end of the grid, or a neighbour diverged or failed"
+    if gain > tol:
+        return True, f"a midpoint may gain up to {gain:.4f}, more than the noise {tol:.4f} ({k} seeds)"
+    return False, f"a midpoint gains at most {gain:.4f}, within the noise {tol:.4f} ({k} seeds)"
+
+
+def refine_text(bench, searched: dict) -> str:
+    """The table's sentence on the refinement: always, never, or where it could matter (and where not, why)."""
+    if not bench.refine:
+        return "."
+    if bench.refine is True:
+        return "; then the best x 2^(+-1/2)."
+    skipped = [f"not for {opt}: {s['refine_skipped']}" for opt, s in searched.items() if s.get("refine_skipped")]
+    return ("; then the best x 2^(+-1/2) where a midpoint could beat the best by more than the search's noise "
+            "(scripts/studies/scores.py: refine_worth)" + (f"; {'; '.join(skipped)}." if skipped else "."))
 
 
 def lr_text(x: float) -> str:
