@@ -2,7 +2,7 @@
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # an unexpected error mid-run: summary.json says "failed", the traceback is in log.txt
-EXIT_CONFIG = 2  # a config or data error, found before or while setting up (nothing trained)
+EXIT_CONFIG = 2  # a config or data error: found before training, or in a data shard first opened mid-run
 EXIT_DIVERGED = 3  # the loss became non-finite; the last good checkpoint is kept
 EXIT_COLLECTIVE = 4  # a collective failed or timed out: another rank crashed or stalled
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM (after writing a checkpoint, unless interrupted twice)

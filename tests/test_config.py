@@ -124,6 +124,8 @@ def test_override_syntax_errors():
         (["--optim.muon.momentum=1.0"], 1, r"optim.muon.momentum"),
         (["--model.head_dim=63"], 1, r"head_dim .* even"),
         (["--model.loss_chunk=8200"], 1, r"model.fp8_head: .* multiple of 16, got 8200"),
+        (["--model.attention=sdpa", "--model.seq_len=1001", "--data.batch_tokens=8008", "--eval.seq_len=1001",
+          "--eval.tokens=8008"], 1, r"model.fp8_head: .*micro-batch .* = 1001\) to be a multiple of 16"),
         (["--model.attn_scale=-0.12"], 1, r"model.attn_scale must be > 0"),
     ],
 )

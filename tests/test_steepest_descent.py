@@ -7,7 +7,8 @@ the size it should.
 
 What each test catches (mutations of the code that were tried, each failing here):
 - test_norms_match_the_formulas: a wrong scale in norms.py, e.g. √(d_in/d_out) for √(d_out/d_in) in
-  Spectral._scale (every consistency check of tests/test_norms.py passes with it), a missing √d_in in
+  Spectral._scale (tests/test_norms.py's consistency checks pass with it; only its direction and
+  reference-variant cases fail, 4 of 77), a missing √d_in in
   RowNorm, d_out for d_in in SignFanIn / colnorm_normalized.
 - test_scion_spectral_step_has_rms_norm_lr_times_radius: the same wrong Spectral scale (the direction is
   still U Vᵀ up to a factor, so a steepest-direction check alone passes); a radius applied twice.

@@ -14,7 +14,7 @@
 #   For `record`: the record's log (its script is inside it) as upstream/record.txt (git-ignored, never
 #   committed), e.g. from a fetched copy of KellerJordan/modded-nanogpt:
 #     git --git-dir=<the fetched copy> show HEAD:records/track_1_short/2025-01-26_BatchSize/<id>.txt > upstream/record.txt
-#   (docs/gpu.md names the log and says how).
+#   (docs/benchmarks.md, "GPU check", names the log and says how).
 # On the lease: run `bash scripts/gpu/first_run.sh $OUT` carrying data/shakespeare_char (and upstream for
 # `record`), with a time limit of 600 s.
 # Afterwards, here: tar xzf <returned>/gpu_check.tar.gz -C records/gpu/   (a folder <date>_<device>), commit it,
