@@ -90,6 +90,25 @@ def test_a_one_rank_group_runs_the_distributed_paths_and_ends_where_one_process_
     assert "world size 1" in (tmp_path / "group" / "log.txt").read_text()
 
 
+@pytest.mark.slow
+def test_a_two_process_muon_checkpoint_resumes_on_one_process(tmp_path):
+    """A job checkpointed by 2 ranks (each owning half of Muon's matrices, momenta gathered into the
+    checkpoint) and resumed by 1 process ends where the 2-process run ends (float64, same global batch)."""
+    import shutil
+
+    args = ["--optim.name=muon", "--schedule.steps=8", "--checkpoint.every=4", "--eval.every=0",
+            "--data.micro_batch_size=2", "--model.dtype=float64", *EPS]
+    out = torchrun(2, args, tmp_path, "many")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "many", run)
+    (run / "checkpoints" / "step_000008.pt").unlink()
+    resume = [*args, f"--checkpoint.resume={run / 'checkpoints/step_000004.pt'}"]
+    assert train_gpt.main(["--config", SMOKE, *TINY, f"--log.dir={tmp_path}", *resume]) == 0
+    assert "at step 4" in (run / "log.txt").read_text()
+    assert_same_weights(final_weights(tmp_path / "many"), final_weights(run), ATOL)
+
+
 def test_the_one_rank_group_really_takes_the_distributed_paths(tmp_path, monkeypatch):
     """The same switch, watched: the trainer has a gradient sync, its chunks go through sharded_step with
     one batched orthogonalization per shape, and the process group exists while the run lasts."""
