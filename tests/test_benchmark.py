@@ -568,6 +568,10 @@ def test_a_search_of_every_roles_lr_together(fake, tmp_path):
     given = benchmark_spec.retarget(benchmark_spec.load_benchmark(spec), lrs_from=root / "benchmark.json")
     assert given.extra["muon"]["optim.lr_scale"] == pytest.approx(2 ** 0.5) and given.grid == (0,)
     assert given.extra["adamw"]["optim.adamw.hidden.weight_decay"] == 0.1 and given.search_key == "optim.lr"
+    assert benchmark.main(["--spec", str(spec), "--out", str(tmp_path / "sweeps"), "--train-script",
+                           str(tmp_path / "fake_train.py"), "--gpus", "none", "--name", "given",
+                           "--lrs-from", str(root / "benchmark.json")]) == 0
+    assert "| muon | 0.05 (given), every role x 1.41 |" in (tmp_path / "sweeps/given/table.md").read_text()
 
 
 def test_lr_scale_multiplies_every_roles_lr():
@@ -641,4 +645,33 @@ def test_a_failed_run_is_missing_not_a_seed_that_never_reaches():
 def test_retarget_a_spec_without_the_default_reference(tmp_path):
     tiny_text(tmp_path / "text")
     bench = small_spec(optimizers=("muon", "scion"), target=2.0, overrides={"eval.tokens": 256})
-    assert benchmark_spec.retarget(bench, tmp_path / "text").name == "t_text"
+    got = benchmark_spec.retarget(bench, tmp_path / "text")
+    assert got.name == "t_text" and got.target == 2.0  # no reference to read a target off: the loss stays
+
+
+def test_the_ratio_interval():
+    """The ratio's interval: with a reference without spread it is the mean's t interval over the reference's
+    mean; the relative errors add in quadrature; a sample of one has none."""
+    xs, ref = [60.0, 70.0, 80.0], [100.0, 100.0, 100.0]
+    lo, hi = scoring.ratio_interval(xs, ref)
+    t_lo, t_hi = scoring.t_interval(xs, 0.95)
+    assert (lo, hi) == (pytest.approx(t_lo / 100), pytest.approx(t_hi / 100))
+    ys = [90.0, 100.0, 110.0]  # the same relative error as xs' 10/70 scaled: 10/100
+    lo, hi = scoring.ratio_interval(xs, ys)
+    t = 4.302652729911275  # Student t, 2 degrees of freedom, 97.5%
+    half = t * 0.7 * math.hypot(10 / math.sqrt(3) / 70, 10 / math.sqrt(3) / 100)
+    assert (lo, hi) == (pytest.approx(0.7 - half), pytest.approx(0.7 + half))
+    assert scoring.ratio_interval([60.0], ys) is None
+
+
+def test_a_target_loss_does_not_travel_to_another_text(tmp_path):
+    """A spec's target loss was reached on its own text; on other shards the target becomes the reference's
+    worst seed at the largest budget, unless --target names one (a loss or a rule)."""
+    tiny_text(tmp_path / "text")
+    bench = small_spec(target=2.45, overrides={"eval.tokens": 256})
+    assert benchmark_spec.retarget(bench, tmp_path / "text").target == "adamw@largest:max"
+    assert benchmark_spec.retarget(bench, tmp_path / "text", target="3.1").target == 3.1
+    assert benchmark_spec.retarget(bench, tmp_path / "text", target="muon@100").target == "muon@100"
+    assert benchmark_spec.retarget(bench, name="same_text").target == 2.45
+    with pytest.raises(SpecError, match="target = 'sgd@largest'"):
+        benchmark_spec.retarget(bench, target="sgd@largest")

@@ -114,6 +114,7 @@ from scripts.studies.scores import (
     refine_worth,
     resolve_target,
     score,
+    score_json,
     search_rows,
     steps_rows,
 )
@@ -246,8 +247,8 @@ def render_table(ctx: Context, searched: dict, losses: dict, scores: dict, targe
         "## Steps to target", "", *steps_rows(bench, searched, scores), "",
         "Per seed: the smallest budget whose final validation loss is <= the target, log(steps) interpolated "
         "linearly in the loss between it and the budget below it; '<= N': reached at the smallest budget; "
-        "'> N': not reached at the largest. Mean and range (min-max) over the seeds; the last column is the "
-        f"ratio of the mean to {bench.reference}'s. Interval: Student t over the seeds' steps; p: Welch's "
+        "'> N': not reached at the largest. Mean and range (min-max) over the seeds; then the ratio of the mean "
+        f"to {bench.reference}'s (delta-method interval). Interval: Student t over the seeds' steps; p: Welch's "
         f"two-sided t-test against {bench.reference}'s seeds (* below {bench.alpha:g}; scripts/studies/scores.py). "
         "EDGE: the best lr is the end of the search grid; (given): one lr, not searched; NON-MONOTONE: the "
         "search's losses reverse beyond their noise.", "",
@@ -348,10 +349,7 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
                    for o, s in searched.items()},
         "ladder": {o: {str(b): {str(seed): _finite_or_none(x) for seed, x in by.items()} for b, by in bb.items()}
                    for o, bb in losses.items()},
-        "scores": {o: {"per_seed": {str(seed): {"steps": r.steps, "how": r.how} for seed, r in s["reaches"].items()},
-                       "ci": list(s["ci"]) if s["ci"] else None,
-                       **{k: s[k] for k in ("mean", "min", "max", "ratio", "reached", "p", "significant")}}
-                   for o, s in scores.items()},
+        "scores": {o: score_json(s) for o, s in scores.items()},
         "invocations": invocations,
     }
     atomic_write_json(root / "benchmark.json", data)
@@ -377,8 +375,8 @@ def plan_summary(ctx: Context, rows: list[dict]) -> str:
 def prepare(args) -> Context:
     """The spec, the slots and the checked configs; raises SpecError / ConfigError before any compute."""
     bench = load_benchmark(args.spec)
-    if args.data or args.lrs_from or args.name:
-        bench = retarget(bench, args.data, args.lrs_from, args.name)
+    if args.data or args.lrs_from or args.name or args.target:
+        bench = retarget(bench, args.data, args.lrs_from, args.name, args.target)
     if args.slots is not None:
         bench = replace(bench, slots=args.slots)
     gpus = parse_gpus(args.gpus)
@@ -399,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, type=Path, help="benchmark spec (configs/benchmarks/*.toml)")
     parser.add_argument("--out", type=Path, default=Path("sweeps"), help="parent of the benchmark folder (sweeps/)")
     parser.add_argument("--data", type=Path, help="shards of another text (data/shakespeare.py --text FILE --out DIR)")
+    parser.add_argument("--target", help="a loss or OPT@largest[:max] (--data: the reference's worst seed)")
     parser.add_argument("--lrs-from", type=Path, help="train the best lrs of this benchmark.json as given, no search")
     parser.add_argument("--name", help="the folder's name (default: the spec's, + the data folder, + given-lrs)")
     parser.add_argument("--slots", type=int, help="runs at once without GPUs (default: the spec's slots)")

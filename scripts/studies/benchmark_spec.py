@@ -226,15 +226,24 @@ def protocol_size(bench: BenchmarkSpec) -> dict:
 
 
 def retarget(bench: BenchmarkSpec, data: Path | None = None, lrs_from: Path | None = None,
-             name: str | None = None) -> BenchmarkSpec:
+             name: str | None = None, target: float | str | None = None) -> BenchmarkSpec:
     """The same protocol on other shards and/or with learning rates found before, without editing the spec:
 
     data: a folder of shards written by data/shakespeare.py (`--text FILE --out DIR`, characters or GPT-2 BPE):
       its *_train_*.bin and *_val_*.bin, with the vocabulary size and separator of its documents.json;
     lrs_from: a benchmark.json whose search found each optimizer's best lr: those lrs are trained as given
       (search.grid = [0], no refinement), so the ranking is measured on text the lrs were not tuned on;
-    name: the folder (default: the spec's name, then the data folder's name, then "given-lrs")."""
+    name: the folder (default: the spec's name, then the data folder's name, then "given-lrs");
+    target: a loss or a rule ("adamw@largest:max"). Without it, a spec's target loss becomes on other shards the
+      reference's worst seed at the largest budget: a loss reached on one text says nothing on another."""
     changes, parts = {}, [bench.name]
+    if target is not None:
+        try:
+            changes["target"] = float(target)
+        except ValueError:
+            changes["target"] = str(target)
+    elif data is not None and not isinstance(bench.target, str) and bench.reference in bench.optimizers:
+        changes["target"] = f"{bench.reference}@largest:max"
     if data is not None:
         changes["overrides"] = {**bench.overrides, **data_overrides(bench, Path(data))}
         parts.append(Path(data).name)

@@ -89,6 +89,18 @@ def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float] | No
     return mean - half, mean + half
 
 
+def ratio_interval(xs: list[float], ys: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """An interval of mean(xs)/mean(ys) by the delta method: the ratio ± t·ratio·√((se_x/x̄)² + (se_y/ȳ)²), with
+    the standard errors of the two means and Student's t at the smaller sample's degrees of freedom (None: fewer
+    than 2 values in one). Approximate: it says whether a ratio moved by more than its noise, not a test."""
+    if len(xs) < 2 or len(ys) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    rel = math.hypot(statistics.stdev(xs) / math.sqrt(len(xs)) / mx, statistics.stdev(ys) / math.sqrt(len(ys)) / my)
+    half = stats.t.ppf(0.5 + level / 2, min(len(xs), len(ys)) - 1) * rel * mx / my
+    return mx / my - half, mx / my + half
+
+
 def welch_p(xs: list[float], ys: list[float]) -> float | None:
     """Two-sided p-value of Welch's t-test that xs and ys have the same mean (None: fewer than 2 values in one,
     or no spread in either: nothing to test against)."""
@@ -116,8 +128,16 @@ def score(bench: BenchmarkSpec, ladder: dict, target: float) -> dict:
         s["ratio"] = s["mean"] / ref["mean"] if s["mean"] is not None and ref.get("mean") else None
         mine = opt != bench.reference and s["steps"] is not None and ref.get("steps") is not None
         s["p"] = welch_p(s["steps"], ref["steps"]) if mine else None
+        s["ratio_ci"] = ratio_interval(s["steps"], ref["steps"], bench.level) if mine else None
         s["significant"] = s["p"] is not None and s["p"] < bench.alpha
     return scores
+
+
+def score_json(s: dict) -> dict:
+    """One optimizer's score as benchmark.json holds it."""
+    return {"per_seed": {str(seed): {"steps": r.steps, "how": r.how} for seed, r in s["reaches"].items()},
+            "ci": list(s["ci"]) if s["ci"] else None, "ratio_ci": list(s["ratio_ci"]) if s.get("ratio_ci") else None,
+            **{k: s.get(k) for k in ("mean", "min", "max", "ratio", "reached", "p", "significant")}}
 
 
 def search_noise(per_lr: dict) -> tuple[float, int]:
@@ -223,9 +243,11 @@ def steps_rows(bench: BenchmarkSpec, searched: dict, scores: dict) -> list[str]:
     pct = f"{100 * bench.level:g}%"
     best = "best lr" if bench.search_roles == "main" else "best lr scale (every role)"
     lines = [f"| optimizer | {best} | steps to target (mean over seeds) | {pct} interval | range (min-max) | per seed "
-             f"| x {bench.reference} | p vs {bench.reference} |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+             f"| x {bench.reference} ({pct}) | p vs {bench.reference} |", "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for opt in bench.optimizers:
         lr = lr_cell(searched, opt)
+        if "optim.lr_scale" in bench.extra.get(opt, {}):  # a given scale of every role's lr (--lrs-from)
+            lr += f", every role x {bench.extra[opt]['optim.lr_scale']:.3g}"
         s = scores.get(opt)
         if s is None:
             lines.append(f"| {opt} | {lr} | n/a | n/a | n/a | n/a | n/a | n/a |")
@@ -240,7 +262,8 @@ def steps_rows(bench: BenchmarkSpec, searched: dict, scores: dict) -> list[str]:
                             f"> {bench.largest} ({s['reached']} of {len(bench.seeds)} seeds reach it)"), "n/a"
         ci = "n/a" if s["ci"] is None else f"{max(s['ci'][0], 0):.0f}-{s['ci'][1]:.0f}"
         seeds = ", ".join(r.text(bench.largest) for r in s["reaches"].values())
-        ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}"
+        ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}" + (
+            f" ({max(s['ratio_ci'][0], 0):.2f}-{s['ratio_ci'][1]:.2f})" if s.get("ratio_ci") else "")
         p = "(reference)" if opt == bench.reference else p_text(s["p"]) + (" *" if s["significant"] else "")
         lines.append(f"| {opt} | {lr} | {mean} | {ci} | {spread} | {seeds} | {ratio} | {p} |")
     return lines
