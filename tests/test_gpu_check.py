@@ -384,7 +384,7 @@ def test_train_stage_runs_and_reads_a_real_run(tmp_path, one_thread, monkeypatch
 def test_the_prepared_first_run_writes_its_environment_and_stops_without_a_gpu(tmp_path):
     """scripts/gpu/first_run.sh, the one command of a borrowed GPU: here (no CUDA) it records the environment
     and passes on gpu_check's exit code 77; `record` without the record's log stops with 2 and says where
-    the log goes; an unknown run is refused."""
+    the log goes; `benchmark` without CUDA stops with 77 too; an unknown run is refused."""
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     script = str(REPO / "scripts/gpu/first_run.sh")
     done = subprocess.run(["bash", script, str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
@@ -394,6 +394,9 @@ def test_the_prepared_first_run_writes_its_environment_and_stops_without_a_gpu(t
     done = subprocess.run(["bash", script, str(tmp_path / "out"), "record"], env={**env, "RECORD_LOG": "nope.txt"},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no record log at nope.txt" in done.stdout
+    done = subprocess.run(["bash", script, str(tmp_path / "out"), "benchmark"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == running.EXIT_NO_GPU and "the packed benchmark is for a GPU" in done.stdout
     done = subprocess.run(["bash", script, str(tmp_path / "out"), "bogus"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown run 'bogus'" in done.stdout
 

@@ -7,6 +7,10 @@
 #   bash scripts/gpu/first_run.sh OUT record     # a second command: the record's script side by side (~5 min)
 #   bash scripts/gpu/first_run.sh OUT lipschitz  # the thesis's Lipschitz transformer, full size
 #                                                # (configs/lipschitz_thesis.toml, ~3 min estimated; needs data/shakespeare_char)
+#   bash scripts/gpu/first_run.sh OUT benchmark  # the optimizer benchmark packed onto the GPU for 9 minutes
+#                                                # (configs/benchmarks/gpu_shakespeare_packed.toml; needs data/shakespeare_char);
+#                                                # resumable: unpack OUT/gpu_benchmark.tar.gz into sweeps/ and carry
+#                                                # sweeps/gpu_shakespeare_packed to the next lease
 #
 # Before the lease, on the CPU machine (the borrowed one can download nothing):
 #   python3 -m data.shakespeare               # data/shakespeare_char/: real text for the train stage (~10 MB,
@@ -49,7 +53,14 @@ case "$WHAT" in
       --log.run_id=lipschitz_thesis --checkpoint.final=false 2>&1 | tee "$OUT/lipschitz_thesis.txt"
     tar czf "$OUT/lipschitz_thesis.tar.gz" -C "$OUT/runs" lipschitz_thesis && rm -rf "$OUT/runs"
     ;;
+  benchmark)
+    "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 77)" \
+      || { echo "no CUDA device: the packed benchmark is for a GPU (on a CPU: configs/benchmarks/cpu_shakespeare.toml)"; exit 77; }
+    timeout "${TIME_LIMIT_S:-540}" "$PY" -m scripts.studies.benchmark --spec configs/benchmarks/gpu_shakespeare_packed.toml \
+      --gpus 0 2>&1 | tee "$OUT/gpu_benchmark.txt"
+    tar czf "$OUT/gpu_benchmark.tar.gz" --exclude='*.pt' -C sweeps gpu_shakespeare_packed
+    ;;
   *)
-    echo "unknown run '$WHAT': check (default), record or lipschitz"; exit 2
+    echo "unknown run '$WHAT': check (default), record, lipschitz or benchmark"; exit 2
     ;;
 esac
