@@ -368,6 +368,10 @@ def test_protocol_with_a_fake_trainer(fake, capsys):
     assert "## Benchmarks and sweeps" in readme and f"[fake]({record.parent.name}/{record.name}/)" in readme
     assert run(["muon", "adamw", "signum"], "--record")[0] == 2  # never overwritten
     assert "already exists" in capsys.readouterr().err
+    (record / "record.json").write_text(json.dumps({**info, "headline": "stale", "runs": 1}))
+    code, calls = run(["muon", "adamw", "signum"], "--out", str(record.parent), "--name", record.name)
+    assert code == 0 and calls == [] and "record refreshed" in capsys.readouterr().out  # re-scored in place
+    assert json.loads((record / "record.json").read_text())["headline"] == data["headline"]
 
 
 def test_changed_recipe_is_refused(fake, capsys):

@@ -191,3 +191,23 @@ def test_plot(tmp_path):
     assert cli.main(["plot", str(b), "--out", str(tmp_path / "one.png"), "--target", "3.28"]) == 0
     with pytest.raises(RecordError, match="holds no run"):
         records.find_runs(tmp_path / "plots")
+
+
+def test_a_study_record_re_scored_in_place_is_refreshed(tmp_path):
+    """More seeds run into a kept study record: refresh_study takes the new headline and run count into
+    record.json, drops the sweep's logs/ copy and rewrites the table; add_study had written the old ones."""
+    folder = tmp_path / "sweeps" / "bench"
+    make_run(folder / "runs", "a_seed-0", 2.5, device="cpu")
+    (folder / "benchmark.json").write_text(json.dumps({"headline": "muon 70 (3 seeds)"}))
+    root = tmp_path / "records"
+    dest = records.add_study(folder, "cpu-test", "bench", "benchmark", root=root, date="2026-12-05")
+    assert json.loads((dest / "record.json").read_text())["runs"] == 1
+    make_run(dest / "runs", "a_seed-1", 2.4, device="cpu")  # what the re-run adds
+    (dest / "logs").mkdir()
+    (dest / "logs" / "a_seed-1.txt").write_text("stdout")
+    (dest / "benchmark.json").write_text(json.dumps({"headline": "muon 68 (5 seeds)"}))
+    table = records.refresh_study(dest)
+    info = json.loads((dest / "record.json").read_text())
+    assert info["headline"] == "muon 68 (5 seeds)" and info["runs"] == 2 and info["kind"] == "benchmark"
+    assert not (dest / "logs").exists()
+    assert table == root / "README.md" and "muon 68 (5 seeds)" in table.read_text()

@@ -179,6 +179,20 @@ def add_study(folder: Path, track: str, title: str, kind: str, root: Path = RECO
     return dest
 
 
+def refresh_study(dest: Path) -> Path:
+    """After a study record was re-scored in place (more seeds run into it, `--out records/<track> --name
+    <folder>`): its record.json takes the new headline and run count, the sweep's logs/ folder goes (the runs'
+    log.txt hold the same output), and the records table is rewritten. Returns the table's path."""
+    dest = Path(dest)
+    info = json.loads((dest / STUDY_FILE).read_text())
+    tops = [f for f in sorted(dest.iterdir()) if f.is_file() and f.suffix == ".json" and f.name != STUDY_FILE]
+    info["headline"] = next((h for f in tops for h in [_json_headline(f)] if h), info.get("headline", ""))
+    info["runs"] = sum(d.is_dir() for d in (dest / "runs").iterdir())
+    shutil.rmtree(dest / "logs", ignore_errors=True)
+    atomic_write_text(dest / STUDY_FILE, strict_json.dumps(info, indent=1) + "\n")
+    return write_table(dest.parent.parent)
+
+
 def _json_headline(path: Path) -> str:
     try:
         data = json.loads(path.read_text())

@@ -87,8 +87,8 @@ from scripts.studies.benchmark_spec import (
     default_lr,
     load_benchmark,
     phase_spec,
+    plan_summary,
     plot_spec,
-    protocol_size,
     refine_lrs,
     retarget,
 )
@@ -356,22 +356,6 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
     return data
 
 
-def plan_summary(ctx: Context, rows: list[dict]) -> str:
-    """The dry run's last line: the whole protocol's runs and steps, and the time left at the pace of the runs
-    that finished (training time only; unknown before the first run)."""
-    size = protocol_size(ctx.bench)
-    done = list({r["run_id"]: r for r in rows if r["status"] in FINISHED and r.get("train_time_s") and r.get("steps")}
-                .values())  # a run two phases share counts once
-    steps_done = sum(r["steps"] for r in done)
-    text = f"the whole protocol: {size['runs']} runs, {size['steps']:,} training steps; {len(done)} runs finished"
-    if not done:
-        return text + "; time: measured from the first finished run (none yet)"
-    pace = sum(r["train_time_s"] for r in done) / steps_done
-    left = max(size["steps"] - steps_done, 0) * pace / max(len(ctx.slots), 1)
-    return (text + f"; at their {1000 * pace:.0f} ms per step and {len(ctx.slots)} run(s) at once, about "
-                   f"{left / 3600:.1f} h of training left")
-
-
 def prepare(args) -> Context:
     """The spec, the slots and the checked configs; raises SpecError / ConfigError before any compute."""
     bench = load_benchmark(args.spec)
@@ -425,13 +409,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.dry_run:
-        print(plan_summary(ctx, search_rows_ + ladder_rows_))
+        print(plan_summary(ctx.bench, len(ctx.slots), search_rows_ + ladder_rows_))
         return 0
     if args.spec.resolve() != (ctx.sweep.root / "spec.toml").resolve():  # re-scoring a kept folder: its own spec
         shutil.copy2(args.spec, ctx.sweep.root / "spec.toml")
     data = report(ctx, searched, losses, search_rows_ + ladder_rows_, time.time() - start)
     print((ctx.sweep.root / "table.md").read_text())
     print(f"benchmark: {ctx.sweep.root} ({data['headline']})")
+    if (ctx.sweep.root / records.STUDY_FILE).is_file():  # a record re-scored in place (e.g. seeds added)
+        print(f"record refreshed; table: {records.refresh_study(ctx.sweep.root)}")
     if args.record:
         try:
             dest = records.add_study(ctx.sweep.root, ctx.bench.track, ctx.bench.name, "benchmark", args.records_root)

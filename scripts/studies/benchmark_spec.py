@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.paths import REPO
 from optimizers.registry import OPTIMIZERS
+from scripts.studies.runner import FINISHED
 from scripts.studies.spec import Axis, PlotSpec, SpecError, SweepSpec, check_spec, flatten, plan_runs, read_toml
 from training.config import load_config, validate
 
@@ -223,6 +224,22 @@ def protocol_size(bench: BenchmarkSpec) -> dict:
     shared = n * len(set(bench.search_seeds) & set(bench.seeds))
     steps = (search - shared) * bench.largest + n * len(bench.seeds) * sum(bench.budgets)
     return {"runs": search + ladder - shared, "steps": steps}
+
+
+def plan_summary(bench: BenchmarkSpec, at_once: int, rows: list[dict]) -> str:
+    """The dry run's last line: the whole protocol's runs and steps, and the time left at the pace of the runs
+    that finished (training time only; unknown before the first run), `at_once` runs at a time."""
+    size = protocol_size(bench)
+    done = list({r["run_id"]: r for r in rows if r["status"] in FINISHED and r.get("train_time_s") and r.get("steps")}
+                .values())  # a run two phases share counts once
+    steps_done = sum(r["steps"] for r in done)
+    text = f"the whole protocol: {size['runs']} runs, {size['steps']:,} training steps; {len(done)} runs finished"
+    if not done:
+        return text + "; time: measured from the first finished run (none yet)"
+    pace = sum(r["train_time_s"] for r in done) / steps_done
+    left = max(size["steps"] - steps_done, 0) * pace / max(at_once, 1)
+    return (text + f"; at their {1000 * pace:.0f} ms per step and {at_once} run(s) at once, about "
+                   f"{left / 3600:.1f} h of training left")
 
 
 def retarget(bench: BenchmarkSpec, data: Path | None = None, lrs_from: Path | None = None,
