@@ -372,6 +372,8 @@ def test_protocol_with_a_fake_trainer(fake, capsys):
     code, calls = run(["muon", "adamw", "signum"], "--out", str(record.parent), "--name", record.name)
     assert code == 0 and calls == [] and "record refreshed" in capsys.readouterr().out  # re-scored in place
     assert json.loads((record / "record.json").read_text())["headline"] == data["headline"]
+    assert json.loads((record / "benchmark.json").read_text())["name"] == data["name"] == "fake"  # not the folder's
+    assert "# Benchmark fake:" in (record / "table.md").read_text()
 
 
 def test_changed_recipe_is_refused(fake, capsys):
@@ -499,7 +501,6 @@ def test_retarget_to_another_text_with_given_lrs(tmp_path):
     assert got.overrides["model.vocab_size"] == vocab and got.overrides["model.eot_token"] == 0
     assert got.overrides["data.synthetic"] is False and got.overrides["eval.tokens"] == 256
     assert got.overrides["data.train_files"] == str(tmp_path / "text" / "*_train_*.bin")
-    assert benchmark_spec.retarget(bench, name="mine").name == "mine"
     with pytest.raises(SpecError, match="validation holds"):
         benchmark_spec.retarget(small_spec(overrides={"eval.tokens": 10 ** 7}), tmp_path / "text")
     with pytest.raises(SpecError, match="data.shakespeare --text FILE"):
@@ -575,7 +576,8 @@ def test_a_search_of_every_roles_lr_together(fake, tmp_path):
     assert benchmark.main(["--spec", str(spec), "--out", str(tmp_path / "sweeps"), "--train-script",
                            str(tmp_path / "fake_train.py"), "--gpus", "none", "--name", "given",
                            "--lrs-from", str(root / "benchmark.json")]) == 0
-    assert "| muon | 0.05 (given), every role x 1.41 |" in (tmp_path / "sweeps/given/table.md").read_text()
+    given_table = (tmp_path / "sweeps/given/table.md").read_text()
+    assert "| muon | 0.05 (given), every role x 1.41 |" in given_table and given_table.startswith("# Benchmark fake_given-lrs:")
 
 
 def test_lr_scale_multiplies_every_roles_lr():
@@ -676,6 +678,6 @@ def test_a_target_loss_does_not_travel_to_another_text(tmp_path):
     assert benchmark_spec.retarget(bench, tmp_path / "text").target == "adamw@largest:max"
     assert benchmark_spec.retarget(bench, tmp_path / "text", target="3.1").target == 3.1
     assert benchmark_spec.retarget(bench, tmp_path / "text", target="muon@100").target == "muon@100"
-    assert benchmark_spec.retarget(bench, name="same_text").target == 2.45
+    assert benchmark_spec.retarget(bench).target == 2.45
     with pytest.raises(SpecError, match="target = 'sgd@largest'"):
         benchmark_spec.retarget(bench, target="sgd@largest")

@@ -193,6 +193,19 @@ def test_plot(tmp_path):
         records.find_runs(tmp_path / "plots")
 
 
+def test_a_study_record_names_its_source_relative_to_the_repository(tmp_path, monkeypatch):
+    """record.json's source is sweeps/<name> for a folder inside the repository (no machine's paths in a
+    record), the absolute path for one outside it."""
+    folder = tmp_path / "repo" / "sweeps" / "bench"
+    make_run(folder / "runs", "a_seed-0", 2.5, device="cpu")
+    monkeypatch.setattr(records, "REPO", tmp_path / "repo")
+    dest = records.add_study(folder, "cpu-test", "inside", "benchmark", root=tmp_path / "records", date="2026-12-05")
+    assert json.loads((dest / "record.json").read_text())["source"] == "sweeps/bench"
+    monkeypatch.setattr(records, "REPO", tmp_path / "elsewhere")
+    dest = records.add_study(folder, "cpu-test", "outside", "benchmark", root=tmp_path / "records", date="2026-12-05")
+    assert json.loads((dest / "record.json").read_text())["source"] == str(folder.resolve())
+
+
 def test_a_study_record_re_scored_in_place_is_refreshed(tmp_path):
     """More seeds run into a kept study record: refresh_study takes the new headline and run count into
     record.json, drops the sweep's logs/ copy and rewrites the table; add_study had written the old ones."""

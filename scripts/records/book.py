@@ -173,7 +173,7 @@ def add_study(folder: Path, track: str, title: str, kind: str, root: Path = RECO
     if (folder / "failures").is_dir():
         shutil.copytree(folder / "failures", dest / "failures")
     headline = headline or next((h for f in tops if f.suffix == ".json" for h in [_json_headline(f)] if h), "")
-    info = {"kind": kind, "title": title, "headline": headline, "runs": len(runs), "source": str(folder),
+    info = {"kind": kind, "title": title, "headline": headline, "runs": len(runs), "source": _source(folder),
             "figures": [f.name for f in tops if f.suffix == ".png"], "hardware": _hardware(runs)}
     atomic_write_text(dest / STUDY_FILE, strict_json.dumps(info, indent=1) + "\n")
     return dest
@@ -191,6 +191,13 @@ def refresh_study(dest: Path) -> Path:
     shutil.rmtree(dest / "logs", ignore_errors=True)
     atomic_write_text(dest / STUDY_FILE, strict_json.dumps(info, indent=1) + "\n")
     return write_table(dest.parent.parent)
+
+
+def _source(folder: Path) -> str:
+    """The folder a study was copied from: relative to the repository when inside it (sweeps/<name>), so a
+    record does not name the machine's paths; absolute otherwise."""
+    folder = Path(folder).resolve()
+    return str(folder.relative_to(REPO)) if folder.is_relative_to(REPO) else str(folder)
 
 
 def _json_headline(path: Path) -> str:

@@ -359,8 +359,8 @@ def report(ctx: Context, searched: dict, losses: dict, rows: list[dict], wall_s:
 def prepare(args) -> Context:
     """The spec, the slots and the checked configs; raises SpecError / ConfigError before any compute."""
     bench = load_benchmark(args.spec)
-    if args.data or args.lrs_from or args.name or args.target:
-        bench = retarget(bench, args.data, args.lrs_from, args.name, args.target)
+    if args.data or args.lrs_from or args.target:
+        bench = retarget(bench, args.data, args.lrs_from, args.target)
     if args.slots is not None:
         bench = replace(bench, slots=args.slots)
     gpus = parse_gpus(args.gpus)
@@ -373,7 +373,7 @@ def prepare(args) -> Context:
         raise SpecError("--record needs `track` in the spec (records/<track>/)")
     if len(slots) > 1 and "OMP_NUM_THREADS" not in os.environ:  # CPU runs, or the host side of packed GPU runs
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
-    return Context(bench, SweepDir(args.out / bench.name), slots, args.train_script, args.retry_failed, args.dry_run)
+    return Context(bench, SweepDir(args.out / (args.name or bench.name)), slots, args.train_script, args.retry_failed, args.dry_run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="shards of another text (data/shakespeare.py --text FILE --out DIR)")
     parser.add_argument("--target", help="a loss or OPT@largest[:max] (--data: the reference's worst seed)")
     parser.add_argument("--lrs-from", type=Path, help="train the best lrs of this benchmark.json as given, no search")
-    parser.add_argument("--name", help="the folder's name (default: the spec's, + the data folder, + given-lrs)")
+    parser.add_argument("--name", help="the folder's name, e.g. a kept record's to add seeds to it (default: the benchmark's name: "
+                        "the spec's, + the data folder, + given-lrs)")
     parser.add_argument("--slots", type=int, help="runs at once without GPUs (default: the spec's slots)")
     parser.add_argument("--gpus", help="comma-separated GPU ids (default: all visible; 'none' for the CPU)")
     parser.add_argument("--gpus-per-run", type=int, help="GPUs per run (default: the spec's gpus_per_run)")
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"record refreshed; table: {records.refresh_study(ctx.sweep.root)}")
     if args.record:
         try:
-            dest = records.add_study(ctx.sweep.root, ctx.bench.track, ctx.bench.name, "benchmark", args.records_root)
+            dest = records.add_study(ctx.sweep.root, ctx.bench.track, ctx.sweep.root.name, "benchmark", args.records_root)
         except records.RecordError as e:
             print(f"record error: {e}", file=sys.stderr)
             return 2

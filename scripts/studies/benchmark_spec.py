@@ -243,14 +243,15 @@ def plan_summary(bench: BenchmarkSpec, at_once: int, rows: list[dict]) -> str:
 
 
 def retarget(bench: BenchmarkSpec, data: Path | None = None, lrs_from: Path | None = None,
-             name: str | None = None, target: float | str | None = None) -> BenchmarkSpec:
+             target: float | str | None = None) -> BenchmarkSpec:
     """The same protocol on other shards and/or with learning rates found before, without editing the spec:
 
     data: a folder of shards written by data/shakespeare.py (`--text FILE --out DIR`, characters or GPT-2 BPE):
       its *_train_*.bin and *_val_*.bin, with the vocabulary size and separator of its documents.json;
     lrs_from: a benchmark.json whose search found each optimizer's best lr: those lrs are trained as given
       (search.grid = [0], no refinement), so the ranking is measured on text the lrs were not tuned on;
-    name: the folder (default: the spec's name, then the data folder's name, then "given-lrs");
+    the benchmark's name (its tables' title and the folder's default) becomes the spec's, then the data folder's
+      name, then "given-lrs";
     target: a loss or a rule ("adamw@largest:max"). Without it, a spec's target loss becomes on other shards the
       reference's worst seed at the largest budget: a loss reached on one text says nothing on another."""
     changes, parts = {}, [bench.name]
@@ -267,7 +268,7 @@ def retarget(bench: BenchmarkSpec, data: Path | None = None, lrs_from: Path | No
     if lrs_from is not None:
         changes.update(given_lrs(bench, Path(lrs_from)))
         parts.append("given-lrs")
-    changes["name"] = name or "_".join(parts)
+    changes["name"] = "_".join(parts)
     bench = replace(bench, **changes)
     check_benchmark(bench, explicit_reference=False)
     return bench
