@@ -39,7 +39,8 @@ every key):
    Not reached at the largest budget: "> N", never a number. Per optimizer: the mean over seeds, the
    range (min-max), a Student t interval of the mean, the ratio of its mean to the reference optimizer's
    (spec key `reference`, default adamw) and Welch's t-test of its seeds' steps against the reference's;
-   the headline gives a ratio only where p < alpha (spec key, default 0.05). If a seed does not reach the target there is no mean: "> N (k of n seeds reach it)".
+   the headline gives a ratio only where p < alpha (spec key, default 0.05). If a seed does not reach the
+   target there is no mean: "> N (k of n seeds reach it)".
 
 The runs go through the sweep machinery (scripts/sweeps/): each phase is a sweep over one folder,
 <out>/<name>/ (default sweeps/<name>/), with the axes optim.name, schedule.steps, optim.lr and seed, so
@@ -206,7 +207,8 @@ def search(ctx: Context) -> tuple[dict, list[dict]]:
         losses = losses or {lr: math.inf for lr in coarse[opt]}
         best = min(losses, key=losses.get)
         finite = math.isfinite(losses[best])
-        result[opt] = {"default": 1.0 if bench.search_roles == "all" else default_lr(bench, opt), "losses": losses, "best": best if finite else None,
+        default = 1.0 if bench.search_roles == "all" else default_lr(bench, opt)
+        result[opt] = {"default": default, "losses": losses, "best": best if finite else None,
                        "edge": finite and len(losses) > 1 and best in (min(losses), max(losses)),
                        "non_monotone": non_monotone(per_lr) if finite else None, "refine_skipped": skipped.get(opt),
                        "complete": all(r["status"] != "pending" for r in rows if r["optim.name"] == opt)}
@@ -273,7 +275,8 @@ def plot_loss_curves(ctx: Context, searched: dict, rows: list[dict], target: flo
     colors, styles, late = plt.get_cmap("tab10"), ["-", "--", ":", "-."], []
     for i, opt in enumerate(bench.optimizers):
         best = searched[opt]["best"]
-        mine = [r for r in rows if (r["optim.name"], r["schedule.steps"], r[bench.search_key]) == (opt, bench.largest, best)
+        key = (opt, bench.largest, best)
+        mine = [r for r in rows if (r["optim.name"], r["schedule.steps"], r[bench.search_key]) == key
                 and r["status"] in FINISHED]
         for j, r in enumerate(sorted({r["run_id"]: r for r in mine}.values(), key=lambda r: r["seed"])):
             points = [m for m in records.read_metrics(ctx.sweep.run_dir(r["run_id"])) if m.get("val_loss") is not None]
@@ -373,7 +376,8 @@ def prepare(args) -> Context:
         raise SpecError("--record needs `track` in the spec (records/<track>/)")
     if len(slots) > 1 and "OMP_NUM_THREADS" not in os.environ:  # CPU runs, or the host side of packed GPU runs
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
-    return Context(bench, SweepDir(args.out / (args.name or bench.name)), slots, args.train_script, args.retry_failed, args.dry_run)
+    folder = SweepDir(args.out / (args.name or bench.name))
+    return Context(bench, folder, slots, args.train_script, args.retry_failed, args.dry_run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="shards of another text (data/shakespeare.py --text FILE --out DIR)")
     parser.add_argument("--target", help="a loss or OPT@largest[:max] (--data: the reference's worst seed)")
     parser.add_argument("--lrs-from", type=Path, help="train the best lrs of this benchmark.json as given, no search")
-    parser.add_argument("--name", help="the folder's name, e.g. a kept record's to add seeds to it (default: the benchmark's name: "
-                        "the spec's, + the data folder, + given-lrs)")
+    parser.add_argument("--name", help="the folder's name, e.g. a kept record's to add seeds to it (default: the "
+                        "benchmark's name: the spec's, + the data folder, + given-lrs)")
     parser.add_argument("--slots", type=int, help="runs at once without GPUs (default: the spec's slots)")
     parser.add_argument("--gpus", help="comma-separated GPU ids (default: all visible; 'none' for the CPU)")
     parser.add_argument("--gpus-per-run", type=int, help="GPUs per run (default: the spec's gpus_per_run)")
@@ -421,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"record refreshed; table: {records.refresh_study(ctx.sweep.root)}")
     if args.record:
         try:
-            dest = records.add_study(ctx.sweep.root, ctx.bench.track, ctx.sweep.root.name, "benchmark", args.records_root)
+            folder = ctx.sweep.root
+            dest = records.add_study(folder, ctx.bench.track, folder.name, "benchmark", args.records_root)
         except records.RecordError as e:
             print(f"record error: {e}", file=sys.stderr)
             return 2

@@ -89,7 +89,7 @@ def describe_plan(spec: SweepSpec, sweep: SweepDir, runs: list[PlannedRun], stat
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", required=True, type=Path, help="sweep spec (configs/sweeps/*.toml)")
     parser.add_argument("--out", type=Path, default=Path("sweeps"), help="parent of the sweep folder (default sweeps/)")
@@ -103,7 +103,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extend-edges", type=int, default=0, metavar="N",
                         help="up to N rounds of runs beyond the grid's end where a curve's best x is there")
     parser.add_argument("--train-script", type=Path, default=TRAIN_SCRIPT, help=argparse.SUPPRESS)  # tests
-    args = parser.parse_args(argv)
+    return parser
+
+
+def extend_edges(spec: SweepSpec, sweep: SweepDir, runs: list[PlannedRun], sweeper: Sweeper, progress: Progress,
+                 rounds: int) -> bool:
+    """Up to `rounds` rounds of runs beyond a grid's end where a curve's best x is there (appended to `runs`
+    and saved as the sweep's extensions). False if a round was interrupted."""
+    for round_ in range(1, rounds + 1):
+        new = beyond_edges(collect_results(spec, sweep, runs), spec.plot, runs)
+        if not new:
+            print(f"edges: every curve's best {spec.plot.x} is inside its grid")
+            return True
+        save_extensions(sweep, load_extensions(sweep) + new)
+        added = with_extensions(spec, runs, new)[len(runs):]
+        runs += added
+        progress.total += len(added)
+        print(f"edges, round {round_} of {rounds}: {len(added)} run(s) beyond a grid's end: "
+              + ", ".join(r.run_id for r in added))
+        if not sweeper.run_all(runs_to_do(added, {r.run_id: sweep.status(r.run_id) for r in added}, False)):
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         spec = load_spec(args.spec)
         sweep = SweepDir(args.out / spec.name)
@@ -128,21 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     try:
         sweeper = Sweeper(spec, sweep, slots, progress, args.train_script, retries=args.retries)
-        finished = sweeper.run_all(todo)
-        for round_ in range(1, args.extend_edges + 1):
-            if not finished:
-                break
-            new = beyond_edges(collect_results(spec, sweep, runs), spec.plot, runs)
-            if not new:
-                print(f"edges: every curve's best {spec.plot.x} is inside its grid")
-                break
-            save_extensions(sweep, load_extensions(sweep) + new)
-            added = with_extensions(spec, runs, new)[len(runs):]
-            runs += added
-            progress.total += len(added)
-            print(f"edges, round {round_} of {args.extend_edges}: {len(added)} run(s) beyond a grid's end: "
-                  + ", ".join(r.run_id for r in added))
-            finished = sweeper.run_all(runs_to_do(added, {r.run_id: sweep.status(r.run_id) for r in added}, False))
+        finished = sweeper.run_all(todo) and extend_edges(spec, sweep, runs, sweeper, progress, args.extend_edges)
     finally:
         signal.signal(signal.SIGTERM, previous)
     write_results(spec, sweep, runs)
