@@ -24,7 +24,7 @@ The methods differ only in the coefficients (a, b, c) of each step:
                      track 3's Muon baseline runs 12).
     monotone_quintic (15/8, −5/4, 3/8): p(1) = 1, p'(1) = p''(1) = 0 and p' = 15(1 − s²)²/8 >= 0, so p is
                      increasing on [0, 1] and never exceeds 1: it converges to 1 from below, cubically,
-                     p(1 − e) ≈ 1 − 2.5e³ (default 8 steps; the hard cap's polish, optimizers/constraints.py).
+                     p(1 − e) ≈ 1 − 2.5e³ (default 8 steps; the hard cap's polish, optimizers/constraint_methods.py).
     svd              exact U Vᵀ from torch.linalg.svd, the reference (computed in float32 or float64).
 
 The iteration runs in `dtype`: bfloat16 on CUDA and float32 elsewhere (float64 for float64 inputs)

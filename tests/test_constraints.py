@@ -18,11 +18,7 @@ import math
 import pytest
 import torch
 
-from optimizers.constraints import (
-    CONSTRAINTS,
-    ConstraintSettings,
-    ConstraintState,
-    apply_constraint,
+from optimizers.constraint_methods import (
     power_iteration,
     soft_cap_alpha,
     spectral_hammer,
@@ -31,6 +27,7 @@ from optimizers.constraints import (
     spectral_soft_cap,
     start_vectors,
 )
+from optimizers.constraints import CONSTRAINTS, ConstraintSettings, ConstraintState, apply_constraint
 
 F64 = torch.float64
 SHAPES = [(40, 40), (24, 56), (56, 24), (3, 32, 48)]
@@ -359,7 +356,7 @@ def test_the_hard_cap_is_not_fooled_when_the_top_direction_turns():
 
 @pytest.mark.parametrize("squarings", [0, 1, 2, 4, 6])
 def test_the_certified_bound_is_an_upper_bound_and_tightens_with_squarings(squarings):
-    from optimizers.constraints import certified_spectral_bound
+    from optimizers.constraint_methods import certified_spectral_bound
 
     shape = (3, 40, 64)
     W = with_spectrum(shape, spectrum(shape, top=2.0, gap=0.95))
@@ -388,7 +385,7 @@ def test_the_polish_converges_to_one_from_both_sides_faster_than_the_modular_qui
     in [1e-3, 1]/1.02, after 1, 2, 3 polish steps: monotone max |p − 1| = 8.0e-3, 1.3e-6, 4e-16 (above 1 by at
     most 7.8e-3, 1.2e-6); the former modular quintic (p''(1) = 1: quadratic) 2.1e-2, 2.5e-4, 3.1e-8, and it leaves
     every value at or above 1."""
-    from optimizers.constraints import sign_coefficients
+    from optimizers.constraint_methods import sign_coefficients
     from optimizers.orthogonalize import coefficients
 
     s = torch.logspace(-3, 0, 20001, dtype=F64) / 1.02

@@ -57,15 +57,8 @@ from common.errors import ConfigError
 from distributed import collectives
 from distributed.sharding import Chunk
 from model.lipschitz import sigma_max, uncovered
-from optimizers.constraints import (
-    CONSTRAINTS,
-    SOFT_CAP_MAX_K,
-    ConstraintSettings,
-    ConstraintState,
-    apply_constraint,
-    role_beta,
-    spectral_normalize,
-)
+from optimizers.constraint_methods import SOFT_CAP_MAX_K, role_beta, spectral_normalize
+from optimizers.constraints import CONSTRAINTS, ConstraintSettings, ConstraintState, apply_constraint
 from optimizers.muon import shape_scale
 from optimizers.orthogonalize import largest_singular_value
 
