@@ -4,8 +4,9 @@ Every method acts on a batch of same-shape matrices W (..., d_out, d_in) (a merg
 three matrices, each constrained on its own) and returns the new weights without touching its input.
 optimizers/constraints.py holds what persists between calls (power vectors, radii), the registry of methods
 and `apply_constraint`, the entry point the trainer calls after each optimizer step.
-β = max_norm is a bound on the spectral norm σ_max (with ConstraintSettings.shape_scaled, on the RMS→RMS operator
-norm √(d_in/d_out)·σ_max, i.e. σ_max <= β·√(d_out/d_in), the scaling of optimizers/norms.py's "spectral").
+β = max_norm is a bound on the spectral norm σ_max (with ConstraintSettings.shape_scaled, on the RMS→RMS
+operator norm √(d_in/d_out)·σ_max, i.e. σ_max <= β·√(d_out/d_in), the scaling of optimizers/norms.py's
+"spectral").
 Weight decay, the baseline, stays in the optimizers.
 
     none                W <- W

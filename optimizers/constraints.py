@@ -7,9 +7,6 @@ between calls (the power iteration's vectors, the hyperball's radii); CONSTRAINT
 math, with its sources, is in optimizers/constraint_methods.py:
 
     none, spectral_normalize, spectral_hammer, spectral_soft_cap, spectral_hard_cap, hyperball
-
-β = max_norm bounds the spectral norm σ_max (with settings.shape_scaled, the RMS→RMS operator norm
-√(d_in/d_out)·σ_max). Weight decay, the baseline, stays in the optimizers.
 """
 
 from __future__ import annotations
