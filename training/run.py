@@ -130,39 +130,47 @@ class Run:
 
     def fit(self) -> dict:
         """Train to schedule.steps (or until stopped), then finish(); returns the summary. An error
-        other than divergence or an interruption is recorded (status failed) and raised again."""
-        steps, trainer = self.cfg.schedule.steps, self.trainer
+        other than divergence or an interruption is recorded (status failed) and raised again. The signal
+        handlers stay installed until the summary is written: torchrun answers a dead peer with SIGTERM to
+        this process, which then often comes while it is ending, and the default SIGTERM would kill it first."""
         status, error = "completed", None
-        try:
-            with StopFlag() as stop, self._watchdog():
-                if trainer.step_count == 0 and eval_due(self.cfg, 0):
-                    self.log_row(0, train_loss=None)
-                if trainer.step_count >= steps:  # resumed from the final checkpoint of a run that stopped before its summary
-                    self.log_row(trainer.step_count, train_loss=None)
-                while trainer.step_count < steps:
-                    if self.train_step(stop):
+        with StopFlag() as stop:
+            try:
+                with self._watchdog():
+                    if self._loop(stop):
                         status = "interrupted"
-                        self.report.log(f"stopped at step {trainer.step_count}; continue with "
-                                        f"--checkpoint.resume={self.run_dir}")
-                        break
-        except Diverged as e:
-            status, error = "diverged", str(e)
-            last = ckpt.latest_checkpoint(self.run_dir)
-            self.report.log(f"{e}: stopping. Last good checkpoint: {last if last else 'none'}")
-        except KeyboardInterrupt:
-            status = "interrupted"
-            self.report.log(f"aborted at step {trainer.step_count} without a new checkpoint")
-        except Exception as e:
-            status, error = "failed", f"{type(e).__name__}: {e}"
-            # the message on the screen (train_gpt.py prints it, and a traceback only for unexpected errors);
-            # the traceback always in log.txt, for whoever needs it
-            self.report.log(f"failed during step {trainer.step_count + 1}: {error}", echo=False)
-            self.report.log(traceback.format_exc().rstrip(), echo=False)
-            raise
-        finally:
-            self.watchdog = NoWatchdog()
-            summary = self.finish(status, error)
+            except Diverged as e:
+                status, error = "diverged", str(e)
+                last = ckpt.latest_checkpoint(self.run_dir)
+                self.report.log(f"{e}: stopping. Last good checkpoint: {last if last else 'none'}")
+            except KeyboardInterrupt:
+                status = "interrupted"
+                self.report.log(f"aborted at step {self.trainer.step_count} without a new checkpoint")
+            except Exception as e:
+                status, error = "failed", f"{type(e).__name__}: {e}"
+                # the message on the screen (train_gpt.py prints it, and a traceback only for unexpected errors);
+                # the traceback always in log.txt, for whoever needs it
+                self.report.log(f"failed during step {self.trainer.step_count + 1}: {error}", echo=False)
+                self.report.log(traceback.format_exc().rstrip(), echo=False)
+                raise
+            finally:
+                self.watchdog = NoWatchdog()
+                summary = self.finish(status, error)
         return summary
+
+    def _loop(self, stop: StopFlag) -> bool:
+        """The steps, from the current one to schedule.steps; True when a requested stop ended them early."""
+        steps, trainer = self.cfg.schedule.steps, self.trainer
+        if trainer.step_count == 0 and eval_due(self.cfg, 0):
+            self.log_row(0, train_loss=None)
+        if trainer.step_count >= steps:  # resumed from the final checkpoint of a run that stopped before its summary
+            self.log_row(trainer.step_count, train_loss=None)
+        while trainer.step_count < steps:
+            if self.train_step(stop):
+                self.report.log(f"stopped at step {trainer.step_count}; continue with "
+                                f"--checkpoint.resume={self.run_dir}")
+                return True
+        return False
 
     def _watchdog(self):
         """With several processes: end this one, with a summary that says failed, when it is blocked on a peer
